@@ -1,0 +1,86 @@
+"""Every setting of the app, read from the environment in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant answering text messages. Be brief: replies are read on a phone. "
+    "Use the tools when they help; use `recall` to look up older parts of this conversation."
+)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's configuration. ``Settings.from_env()`` reads it; tests build it directly."""
+
+    # Storage. None → embedded servers under data_dir (make run, tests).
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path(".data"))
+
+    # Twilio.
+    twilio_auth_token: str | None = None
+    twilio_account_sid: str | None = None
+    public_base_url: str | None = None  # the URL Twilio calls, e.g. https://example.com
+    trusted_proxy_hops: int = 0  # >0: trust X-Forwarded-* from that many proxies (ProxyFix)
+    reply_mode: str = "inline"  # inline (TwiML) | async (RQ worker + REST reply)
+    rate_limit: str = "30 per minute"  # per sender, Flask-Limiter syntax; "" disables
+    max_body_chars: int = 1600
+
+    # Agent.
+    model_provider: str | None = None  # openai | anthropic | ollama | offline; None → offline
+    model_name: str | None = None
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    memory_window: int = 50
+    memory_ttl_seconds: int = 3600
+
+    # Process.
+    host: str = "127.0.0.1"
+    port: int = 5000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        account_sid = env.get("TWILIO_ACCOUNT_SID") or None
+        auth_token = env.get("TWILIO_AUTH_TOKEN") or None
+        # Async (ack now, reply through the REST API) needs REST credentials; inline does not.
+        default_mode = "async" if account_sid and auth_token else "inline"
+        reply_mode = (env.get("REPLY_MODE") or default_mode).strip().lower()
+        if reply_mode not in ("inline", "async"):
+            raise ValueError(f"REPLY_MODE must be 'inline' or 'async', got {reply_mode!r}")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            data_dir=Path(env.get("HYBRID_MEMORY_DATA_DIR") or ".data"),
+            twilio_auth_token=auth_token,
+            twilio_account_sid=account_sid,
+            public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0),
+            reply_mode=reply_mode,
+            rate_limit=env.get("RATE_LIMIT", "30 per minute"),
+            max_body_chars=_int(env, "MAX_BODY_CHARS", 1600),
+            model_provider=(env.get("MODEL_PROVIDER") or "").strip().lower() or None,
+            model_name=env.get("MODEL_NAME") or None,
+            system_prompt=env.get("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+            memory_window=_int(env, "MEMORY_WINDOW", 50),
+            memory_ttl_seconds=_int(env, "MEMORY_TTL_SECONDS", 3600),
+            host=env.get("HOST", "127.0.0.1"),
+            port=_int(env, "PORT", 5000),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        )
