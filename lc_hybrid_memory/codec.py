@@ -20,9 +20,11 @@ from langchain_core.messages import (
     ChatMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
     messages_from_dict,
 )
 from langchain_core.messages.base import message_to_dict
+from pydantic import TypeAdapter
 
 __all__ = ["DecodeError", "decode", "encode", "from_role_and_content", "plain_text", "role_of"]
 
@@ -65,12 +67,92 @@ def encode(message: BaseMessage) -> str:
     return data.decode()
 
 
+# -- decoding ------------------------------------------------------------------------------------
+#
+# Decoding dominates a warm read: for 50 messages pydantic validation costs ~4x the JSON parse.
+# But the entries were written by :func:`encode`, i.e. dumped from an already validated message,
+# and for the common shapes validation of such a dump is the identity. :func:`_fast_message`
+# recognises exactly those shapes (every field present, in field order, each with the type
+# validation would keep unchanged; no tool calls, whose validator rebuilds them) and builds the
+# instance the way pydantic's own ``model_construct`` does, without re-validating. Anything else
+# (tool calls, chunks, ChatMessage, a foreign or hand-written payload, a number where a string
+# belongs...) goes through ``messages_from_dict`` unchanged. tests/test_codec_speed.py checks
+# that both paths build identical objects.
+
+_FAST_CLASSES: dict[str, type[BaseMessage]] = {
+    "human": HumanMessage,
+    "ai": AIMessage,
+    "system": SystemMessage,
+    "tool": ToolMessage,
+}
+_FIELDS: dict[str, tuple[str, ...]] = {
+    kind: tuple(cls.model_fields) for kind, cls in _FAST_CLASSES.items()
+}
+_USAGE = TypeAdapter(AIMessage.model_fields["usage_metadata"].annotation)
+_TOOL_STATUS = ("success", "error")
+_setattr = object.__setattr__
+
+
+def _plain_content(content: Any) -> bool:
+    if type(content) is str:
+        return True
+    if type(content) is not list:
+        return False
+    for part in content:
+        kind = type(part)
+        if kind is not str and kind is not dict:
+            return False
+    return True
+
+
+def _fast_message(obj: Any) -> BaseMessage | None:
+    """The message for a dump that validation would leave unchanged, else ``None``."""
+    if type(obj) is not dict:
+        return None
+    kind = obj.get("type")
+    cls = _FAST_CLASSES.get(kind) if type(kind) is str else None
+    data = obj.get("data")
+    if cls is None or type(data) is not dict or tuple(data) != _FIELDS[kind]:
+        return None
+    if (
+        data["type"] != kind
+        or not _plain_content(data["content"])
+        or type(data["additional_kwargs"]) is not dict
+        or type(data["response_metadata"]) is not dict
+        or (data["name"] is not None and type(data["name"]) is not str)
+        or (data["id"] is not None and type(data["id"]) is not str)
+    ):
+        return None
+    if kind == "ai":
+        # A non-empty tool call list (or legacy ones in additional_kwargs) is rebuilt by
+        # AIMessage's validator: leave those to it.
+        if data["tool_calls"] != [] or data["invalid_tool_calls"] != []:
+            return None
+        if data["additional_kwargs"].get("tool_calls"):
+            return None
+        if data["usage_metadata"] is not None:
+            data["usage_metadata"] = _USAGE.validate_python(data["usage_metadata"])
+    elif kind == "tool" and (
+        type(data["tool_call_id"]) is not str or data["status"] not in _TOOL_STATUS
+    ):
+        return None
+    message = cls.__new__(cls)
+    _setattr(message, "__dict__", data)
+    _setattr(message, "__pydantic_fields_set__", set(data))
+    _setattr(message, "__pydantic_extra__", {})
+    _setattr(message, "__pydantic_private__", None)
+    return message
+
+
 def decode(text: str | bytes) -> BaseMessage:
     """Rebuild the message from :func:`encode`'s text; :class:`DecodeError` if it is not one."""
     try:
         obj = orjson.loads(text)
         if isinstance(obj, dict) and _ESCAPED_KEY in obj:
             obj = orjson.loads(obj[_ESCAPED_KEY])
+        message = _fast_message(obj)
+        if message is not None:
+            return message
         return messages_from_dict([obj])[0]
     except Exception as exc:  # any malformed entry, whatever the failing layer
         raise DecodeError(f"undecodable message entry: {exc}") from exc
