@@ -1,0 +1,92 @@
+"""The agent's tools: the current time, and ``recall`` over the conversation's older messages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from langchain.tools import ToolRuntime
+from langchain_core.messages import BaseMessage
+from langchain_core.tools import BaseTool, StructuredTool
+
+from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory.codec import role_of
+
+CURRENT_TIME = "get_current_time"
+RECALL = "recall"
+
+
+def _now(tz_name: str) -> str:
+    try:
+        tz: Any = ZoneInfo(tz_name) if tz_name.upper() != "UTC" else timezone.utc
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown timezone {tz_name!r}; use an IANA name such as Europe/Lisbon or UTC"
+    return datetime.now(tz).isoformat(timespec="seconds")
+
+
+def current_time_tool() -> BaseTool:
+    """A tool returning the current date and time (ISO 8601) in an IANA timezone."""
+
+    def get_current_time(timezone: str = "UTC") -> str:
+        """The current date and time in ISO 8601, in an IANA timezone (default UTC)."""
+        return _now(timezone)
+
+    return StructuredTool.from_function(get_current_time, name=CURRENT_TIME)
+
+
+def _session_id(runtime: ToolRuntime) -> str:
+    # The agent runs with config={"configurable": {"session_id": ...}} in both wirings.
+    session_id = (runtime.config.get("configurable") or {}).get("session_id")
+    context = runtime.context
+    if not session_id and context is not None:
+        session_id = (
+            context.get("session_id")
+            if isinstance(context, dict)
+            else getattr(context, "session_id", None)
+        )
+    if not session_id:
+        raise ValueError("recall needs the conversation's session_id in the run config")
+    return str(session_id)
+
+
+def _format(found: list[BaseMessage]) -> str:
+    if not found:
+        return "Nothing older in this conversation matches."
+    # Newest first from the store; the model reads a chronology more easily.
+    lines = [f"- {role_of(m)}: {m.text}" for m in reversed(found)]
+    return "Older messages of this conversation that match:\n" + "\n".join(lines)
+
+
+def recall_tool(memory: HybridMemory, *, limit: int = 5) -> BaseTool:
+    """A tool searching the conversation's messages in Postgres beyond what the model sees.
+
+    Matches already in the agent's context (the loaded window and this turn) are left out;
+    the search asks for that many more rows so that ``limit`` older matches can still come back.
+    """
+
+    def select(runtime: ToolRuntime, found: list[BaseMessage]) -> list[BaseMessage]:
+        visible = {m.id for m in runtime.state["messages"] if getattr(m, "id", None)}
+        return [m for m in found if m.id is None or m.id not in visible][:limit]
+
+    def span(runtime: ToolRuntime) -> int:
+        return limit + len(runtime.state["messages"])
+
+    def recall(query: str, runtime: ToolRuntime) -> str:
+        """Search older messages of this conversation (beyond the recent ones you see) for
+        the given words; returns the matching messages, oldest first."""
+        found = memory.search(_session_id(runtime), query, limit=span(runtime))
+        return _format(select(runtime, found))
+
+    async def arecall(query: str, runtime: ToolRuntime) -> str:
+        """Search older messages of this conversation (beyond the recent ones you see) for
+        the given words; returns the matching messages, oldest first."""
+        found = await memory.asearch(_session_id(runtime), query, limit=span(runtime))
+        return _format(select(runtime, found))
+
+    return StructuredTool.from_function(recall, coroutine=arecall, name=RECALL)
+
+
+def default_tools(memory: HybridMemory) -> list[BaseTool]:
+    """The tools the app's agent gets: current time and recall."""
+    return [current_time_tool(), recall_tool(memory)]

@@ -1,0 +1,401 @@
+"""LangGraph / ``create_agent`` integration: one agent turn, stored exactly once.
+
+An optional part of the library: it needs ``langchain`` (>= 1.0) and ``langgraph``, which the
+core package does not require, so nothing else in ``lc_hybrid_memory`` imports this module.
+
+Two wirings share the turn logic below (:func:`plan_turn`, :func:`assign_turn_ids`) and the
+storage (:meth:`HybridMemory.add_messages`, one INSERT + one cache script per turn):
+
+* :func:`agent_turn` wraps a compiled agent graph as a runnable for the (deprecated)
+  ``RunnableWithMessageHistory`` with ``input_messages_key="messages"`` and
+  ``history_messages_key="history"``. It returns only the new messages of the turn, so the
+  wrapper stores exactly those (and not the whole conversation again).
+* :class:`HybridMemoryMiddleware` is an ``AgentMiddleware`` for ``create_agent``: it loads the
+  window before the agent runs and stores the turn after it, with no wrapper at all.
+
+Message ids (the idempotency scheme)
+------------------------------------
+The input message of a turn carries the caller's id (for SMS, the Twilio ``MessageSid``).
+Every message the turn produces — AI tool-call messages, tool results, the final answer — gets
+the id ``f"{input_id}:{n}"`` with ``n = 1, 2, 3...`` in order (:func:`turn_message_id`), so the
+final answer is the highest ``n``. Consequences:
+
+* a retried turn writes the same ids, and the store skips ids it already holds;
+* a history that already contains the input (the caller stored it first to make it durable)
+  is cut just before it, so the model never sees the input twice;
+* a turn whose final answer is already stored is *complete*: it is answered from storage
+  (replayed) without calling the model.
+
+Messages without ids get fresh ones from LangGraph; such a turn cannot be recognised when
+retried. Replays are recognised within the loaded window (``window`` messages); an older
+retried turn is still never stored twice (same ids), but its model call runs again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage
+from langchain_core.messages.utils import convert_to_messages
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+
+from .errors import HybridMemoryError
+
+try:  # the optional dependencies of this integration
+    from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
+    from langchain.agents.middleware.types import OmitFromInput, PrivateStateAttr
+    from langgraph.config import get_config
+    from langgraph.graph.message import REMOVE_ALL_MESSAGES
+    from typing_extensions import NotRequired
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "lc_hybrid_memory.langgraph needs `langchain>=1.0` and `langgraph`: "
+        "pip install 'lc-hybrid-memory[app]' (or langchain langgraph)"
+    ) from exc
+
+if TYPE_CHECKING:
+    from langgraph.runtime import Runtime
+
+    from .history import HybridMemory
+
+__all__ = [
+    "HybridMemoryMiddleware",
+    "MissingSessionIdError",
+    "TurnPlan",
+    "agent_turn",
+    "assign_turn_ids",
+    "is_turn_message",
+    "plan_turn",
+    "turn_message_id",
+    "turn_message_ids",
+]
+
+DEFAULT_WINDOW = 50
+
+
+class MissingSessionIdError(HybridMemoryError, ValueError):
+    """The agent was run without a session id to load and store the conversation under."""
+
+
+# -- ids ---------------------------------------------------------------------------------------
+
+
+def turn_message_id(message_id: str, n: int) -> str:
+    """The id of the ``n``-th message (1-based) produced by the turn of input ``message_id``."""
+    return f"{message_id}:{n}"
+
+
+def turn_message_ids(message_id: str, count: int = 1) -> list[str]:
+    """The ids of the first ``count`` messages produced by the turn of ``message_id``.
+
+    ``turn_message_ids("SM1", 3) == ["SM1:1", "SM1:2", "SM1:3"]``; the final answer of a
+    complete turn is the message with the highest ``n``.
+    """
+    return [turn_message_id(message_id, n) for n in range(1, count + 1)]
+
+
+def is_turn_message(message_id: str, message: BaseMessage) -> bool:
+    """Whether ``message`` was produced by the turn of input ``message_id``."""
+    return _turn_index(message_id, message) is not None
+
+
+def _turn_index(message_id: str, message: BaseMessage) -> int | None:
+    """``n`` if ``message`` was produced by the turn of ``message_id``, else ``None``."""
+    prefix = f"{message_id}:"
+    mid = message.id
+    if not mid or not mid.startswith(prefix):
+        return None
+    suffix = mid[len(prefix) :]
+    # Digits only: a provider id that merely starts with "<sid>:" is not one of ours.
+    return int(suffix) if re.fullmatch(r"[1-9][0-9]*", suffix) else None
+
+
+def assign_turn_ids(message_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """Copies of the turn's new ``messages`` carrying the derived ids ``<message_id>:<n>``."""
+    return [
+        message.model_copy(update={"id": turn_message_id(message_id, n)})
+        for n, message in enumerate(messages, start=1)
+    ]
+
+
+# -- planning a turn -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """What a turn runs on, decided from the stored window and the turn's input messages."""
+
+    context: list[BaseMessage]
+    """Stored messages the model sees before the input (never the input itself)."""
+    inputs: list[BaseMessage]
+    """The turn's input messages (normally one ``HumanMessage``)."""
+    anchor: str
+    """The id the turn's other message ids derive from: the last input's id."""
+    stored: list[BaseMessage] = field(default_factory=list)
+    """Messages of this turn already in storage, in order (a retried turn)."""
+
+    @property
+    def reply(self) -> AIMessage | None:
+        """The stored final answer when the turn is already complete, else ``None``."""
+        if self.stored:
+            last = self.stored[-1]
+            if isinstance(last, AIMessage) and not last.tool_calls:
+                return last
+        return None
+
+
+def plan_turn(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> TurnPlan:
+    """Split the stored ``history`` around the turn's ``inputs``.
+
+    If an input is already stored (the caller made it durable first, or this is a retry), the
+    context ends just before it: what follows it belongs to this turn (derived ids) or to
+    later inbound messages, which this turn must not answer.
+    """
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("a turn needs at least one input message")
+    anchor = inputs[-1].id
+    if not anchor:
+        raise ValueError("the turn's input messages need ids (give HumanMessage an id=...)")
+    input_ids = {m.id for m in inputs if m.id}
+    position = next((i for i, m in enumerate(history) if m.id in input_ids), None)
+    if position is None:
+        return TurnPlan(context=list(history), inputs=inputs, anchor=anchor)
+    produced = [(n, m) for m in history[position:] if (n := _turn_index(anchor, m)) is not None]
+    produced.sort(key=lambda pair: pair[0])
+    return TurnPlan(
+        context=list(history[:position]),
+        inputs=inputs,
+        anchor=anchor,
+        stored=[m for _, m in produced],
+    )
+
+
+def _with_ids(inputs: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """The input messages, each with an id (a fresh one where the caller gave none)."""
+    import uuid
+
+    return [m if m.id else m.model_copy(update={"id": uuid.uuid4().hex}) for m in inputs]
+
+
+# -- wiring 1: a runnable for RunnableWithMessageHistory ------------------------------------------
+
+
+def agent_turn(agent: Runnable[Any, Any]) -> Runnable[dict[str, Any], list[BaseMessage]]:
+    """Wrap a LangGraph agent (state ``{"messages": [...]}``) for ``RunnableWithMessageHistory``.
+
+    The returned runnable takes ``{"messages": <new input messages>, "history": <stored
+    window>}``, runs ``agent`` on the history followed by the inputs, and returns only the
+    messages the agent produced, with the derived ids — so the wrapper stores the input and
+    exactly those. A turn already complete in the history is not run again: its stored
+    messages are returned (and the wrapper's write of them is a no-op, same ids).
+
+    Example:
+        .. code-block:: python
+
+            chain = RunnableWithMessageHistory(
+                agent_turn(create_agent(model, tools)),
+                memory.history,
+                input_messages_key="messages",
+                history_messages_key="history",
+            )
+            new = chain.invoke(
+                {"messages": [HumanMessage("hi", id="SM123")]},
+                config={"configurable": {"session_id": "conversation-1"}},
+            )
+            print(new[-1].text)
+
+    ``RunnableWithMessageHistory`` stores in a callback listener that only logs a failed
+    write; a caller that must know the turn is durable should use the middleware or check.
+    """
+
+    def prepare(value: dict[str, Any]) -> tuple[TurnPlan, dict[str, Any]]:
+        inputs = _with_ids(convert_to_messages(value["messages"]))
+        plan = plan_turn(convert_to_messages(value.get("history") or []), inputs)
+        return plan, {"messages": [*plan.context, *plan.inputs]}
+
+    def produced(plan: TurnPlan, state: dict[str, Any]) -> list[BaseMessage]:
+        start = len(plan.context) + len(plan.inputs)
+        return assign_turn_ids(plan.anchor, state["messages"][start:])
+
+    def run(value: dict[str, Any], config: RunnableConfig) -> list[BaseMessage]:
+        plan, state = prepare(value)
+        if plan.reply is not None:
+            return list(plan.stored)
+        return produced(plan, agent.invoke(state, config))
+
+    async def arun(value: dict[str, Any], config: RunnableConfig) -> list[BaseMessage]:
+        plan, state = prepare(value)
+        if plan.reply is not None:
+            return list(plan.stored)
+        return produced(plan, await agent.ainvoke(state, config))
+
+    return RunnableLambda(run, afunc=arun, name="agent_turn")
+
+
+# -- wiring 2: native create_agent middleware ------------------------------------------------------
+
+
+class HybridMemoryState(AgentState):  # type: ignore[type-arg]
+    """Agent state plus the middleware's bookkeeping.
+
+    ``memory_turn`` is part of the agent's output: ``{"replayed": bool, "stored_ids": [...]}``
+    (the ids this run newly stored). ``hybrid_memory_plan`` is private to the run.
+    """
+
+    memory_turn: NotRequired[Annotated[dict[str, Any], OmitFromInput]]
+    hybrid_memory_plan: NotRequired[Annotated[dict[str, Any], PrivateStateAttr]]
+
+
+class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
+    """Hybrid memory as a native ``create_agent`` middleware (no ``RunnableWithMessageHistory``).
+
+    Before the agent runs it loads the conversation's last ``window`` messages (Redis, else
+    Postgres) in front of the input; after it, it stores the input and every message of the
+    turn with the derived ids in one write. A failed write raises
+    :class:`~lc_hybrid_memory.errors.StoreUnavailableError` out of ``invoke``/``ainvoke``: no
+    turn is reported successful unless it is in Postgres. A turn already complete in storage
+    ends at once with the stored messages (``memory_turn["replayed"]`` is true); the model is
+    not called. If the model raises, nothing is stored (the caller decides about the input).
+
+    The session id is read from the run context (``context={"session_id": ...}`` or an
+    object with a ``session_id`` attribute), else from ``config["configurable"]["session_id"]``.
+    Do not add a checkpointer: the memory already persists the conversation, and the window
+    loaded here replaces the state's messages on every run.
+
+    Example:
+        .. code-block:: python
+
+            agent = create_agent(model, tools, middleware=[HybridMemoryMiddleware(memory)])
+            state = agent.invoke(
+                {"messages": [HumanMessage("hi", id="SM123")]},
+                config={"configurable": {"session_id": "conversation-1"}},
+            )
+            print(state["messages"][-1].text)
+    """
+
+    state_schema = HybridMemoryState
+
+    def __init__(
+        self,
+        memory: HybridMemory,
+        *,
+        window: int | None = DEFAULT_WINDOW,
+        session_key: str = "session_id",
+    ) -> None:
+        super().__init__()
+        self.memory = memory
+        self.window = window
+        self.session_key = session_key
+
+    def _session_id(self, runtime: Runtime[Any] | None) -> str:
+        context = getattr(runtime, "context", None)
+        if isinstance(context, dict) and context.get(self.session_key):
+            return str(context[self.session_key])
+        if context is not None and getattr(context, self.session_key, None):
+            return str(getattr(context, self.session_key))
+        try:
+            configurable = get_config().get("configurable") or {}
+        except RuntimeError:  # not inside a runnable context
+            configurable = {}
+        session_id = configurable.get(self.session_key)
+        if not session_id:
+            raise MissingSessionIdError(
+                f"run the agent with context={{{self.session_key!r}: ...}} or "
+                f"config={{'configurable': {{{self.session_key!r}: ...}}}}"
+            )
+        return str(session_id)
+
+    # The state update that puts the stored window in front of the input.
+    @staticmethod
+    def _load(history: list[BaseMessage], state: HybridMemoryState) -> dict[str, Any]:
+        inputs = list(state["messages"])  # LangGraph has given each an id by now
+        plan = plan_turn(history, inputs)
+        if plan.reply is not None:
+            return {
+                "messages": [
+                    RemoveMessage(id=REMOVE_ALL_MESSAGES),
+                    *plan.context,
+                    *plan.inputs,
+                    *plan.stored,
+                ],
+                "memory_turn": {"replayed": True, "stored_ids": []},
+                "hybrid_memory_plan": {"replayed": True},
+                "jump_to": "end",
+            }
+        return {
+            "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *plan.context, *plan.inputs],
+            "hybrid_memory_plan": {
+                "replayed": False,
+                "start": len(plan.context),
+                "inputs": len(plan.inputs),
+                "anchor": plan.anchor,
+            },
+        }
+
+    @staticmethod
+    def _turn(state: HybridMemoryState) -> tuple[list[BaseMessage], list[BaseMessage]] | None:
+        """The inputs and the renamed new messages, or ``None`` when nothing is to be stored."""
+        plan = state.get("hybrid_memory_plan")
+        if not plan or plan.get("replayed"):
+            return None
+        messages = state["messages"]
+        end_of_inputs = plan["start"] + plan["inputs"]
+        inputs = list(messages[plan["start"] : end_of_inputs])
+        return inputs, assign_turn_ids(plan["anchor"], messages[end_of_inputs:])
+
+    @staticmethod
+    def _stored(
+        state: HybridMemoryState,
+        inputs: list[BaseMessage],
+        new: list[BaseMessage],
+        flags: list[bool],
+    ) -> dict[str, Any]:
+        plan = state["hybrid_memory_plan"]
+        end_of_inputs = plan["start"] + plan["inputs"]
+        written = [m.id for m, was_new in zip([*inputs, *new], flags, strict=True) if was_new]
+        return {
+            "messages": [
+                RemoveMessage(id=REMOVE_ALL_MESSAGES),
+                *state["messages"][:end_of_inputs],
+                *new,
+            ],
+            "memory_turn": {"replayed": False, "stored_ids": written},
+        }
+
+    @hook_config(can_jump_to=["end"])
+    def before_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
+        """Put the stored window in front of the input (or end a complete turn at once)."""
+        history = self.memory.get_messages(self._session_id(runtime), self.window)
+        return self._load(history, state)
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_agent(
+        self, state: HybridMemoryState, runtime: Runtime[Any]
+    ) -> dict[str, Any]:
+        """Async :meth:`before_agent`."""
+        history = await self.memory.aget_messages(self._session_id(runtime), self.window)
+        return self._load(history, state)
+
+    def after_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Store the input and the turn's messages (derived ids) in one write; raise on failure."""
+        turn = self._turn(state)
+        if turn is None:
+            return None
+        inputs, new = turn
+        flags = self.memory.add_messages(self._session_id(runtime), [*inputs, *new])
+        return self._stored(state, inputs, new, flags)
+
+    async def aafter_agent(
+        self, state: HybridMemoryState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async :meth:`after_agent`."""
+        turn = self._turn(state)
+        if turn is None:
+            return None
+        inputs, new = turn
+        flags = await self.memory.aadd_messages(self._session_id(runtime), [*inputs, *new])
+        return self._stored(state, inputs, new, flags)
