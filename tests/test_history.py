@@ -61,14 +61,8 @@ def cached(memory: HybridMemory, client: redis.Redis, sid: str) -> list[bytes]:
 
 
 def table_rows(memory: HybridMemory, sid: str) -> list[tuple[int, str]]:
-    t = memory.store.table
-    with memory.store.engine.connect() as conn:
-        stmt = (
-            sa.select(t.c.id, sa.cast(t.c.payload, sa.Text))
-            .where(t.c.conversation_id == sid)
-            .order_by(t.c.id)
-        )
-        return [(row[0], row[1]) for row in conn.execute(stmt)]
+    """The conversation's rows in Postgres, oldest first: (id, payload json)."""
+    return [(row.id, row.payload) for row in memory.store.all(sid)]
 
 
 def assert_cache_is_tail(memory: HybridMemory, client: redis.Redis, sid: str) -> None:
