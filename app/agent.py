@@ -49,7 +49,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from lc_hybrid_memory import HybridMemory, StoreUnavailableError
+from lc_hybrid_memory import HybridMemory, HybridMemoryError
 from lc_hybrid_memory.langgraph import (
     HybridMemoryMiddleware,
     agent_turn,
@@ -214,17 +214,18 @@ class ChatAgent:
             turn = _Turn(window=window)
             config["configurable"]["turn"] = turn
             output = self.chain.invoke({"messages": [human]}, config)
-        except StoreUnavailableError:
+        except HybridMemoryError:  # storage trouble (or a bad session id): nothing to keep
             raise
         except Exception:
-            self._keep_input(session_id, human)
+            if self.chain is not None:  # (the middleware keeps the input itself)
+                self._keep_input(session_id, human)
             raise
         return self._checked(turn, output)
 
     def _keep_input(self, session_id: str, human: HumanMessage) -> None:
         try:
             self.memory.add_messages(session_id, [human])
-        except StoreUnavailableError:
+        except HybridMemoryError:
             logger.exception("could not store the input %s after the turn failed", human.id)
 
     # -- async ---------------------------------------------------------------------------------
@@ -246,17 +247,18 @@ class ChatAgent:
             turn = _Turn(window=window)
             config["configurable"]["turn"] = turn
             output = await self.chain.ainvoke({"messages": [human]}, config)
-        except StoreUnavailableError:
+        except HybridMemoryError:  # storage trouble (or a bad session id): nothing to keep
             raise
         except Exception:
-            await self._akeep_input(session_id, human)
+            if self.chain is not None:
+                await self._akeep_input(session_id, human)
             raise
         return self._checked(turn, output)
 
     async def _akeep_input(self, session_id: str, human: HumanMessage) -> None:
         try:
             await self.memory.aadd_messages(session_id, [human])
-        except StoreUnavailableError:
+        except HybridMemoryError:
             logger.exception("could not store the input %s after the turn failed", human.id)
 
     # -- shared --------------------------------------------------------------------------------

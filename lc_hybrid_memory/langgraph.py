@@ -33,8 +33,9 @@ retried turn is still never stored twice (same ids), but its model call runs aga
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -57,7 +58,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 if TYPE_CHECKING:
+    from langchain.agents.middleware import ModelRequest, ModelResponse
+    from langchain_core.messages import ToolMessage
+    from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.runtime import Runtime
+    from langgraph.types import Command
 
     from .history import HybridMemory
 
@@ -72,6 +77,8 @@ __all__ = [
     "turn_message_id",
     "turn_message_ids",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 50
 
@@ -259,7 +266,10 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
     :class:`~lc_hybrid_memory.errors.StoreUnavailableError` out of ``invoke``/``ainvoke``: no
     turn is reported successful unless it is in Postgres. A turn already complete in storage
     ends at once with the stored messages (``memory_turn["replayed"]`` is true); the model is
-    not called. If the model raises, nothing is stored (the caller decides about the input).
+    not called. If the model or a tool raises, the exception propagates after the input alone
+    has been stored, so the user's message is never lost (a retry with the same id runs the
+    turn again and shows the input once); a failure to store it then is only logged, as the
+    original exception is the one to report.
 
     The session id is read from the run context (``context={"session_id": ...}`` or an
     object with a ``session_id`` attribute), else from ``config["configurable"]["session_id"]``.
@@ -399,3 +409,75 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
         inputs, new = turn
         flags = await self.memory.aadd_messages(self._session_id(runtime), [*inputs, *new])
         return self._stored(state, inputs, new, flags)
+
+    # -- a failed model or tool call: keep the user's message -----------------------------------
+
+    def _inputs(self, state: Any) -> list[BaseMessage]:
+        plan = state.get("hybrid_memory_plan") if isinstance(state, dict) else None
+        if not plan or plan.get("replayed"):
+            return []
+        return list(state["messages"][plan["start"] : plan["start"] + plan["inputs"]])
+
+    def _keep_inputs(self, state: Any, runtime: Any) -> None:
+        inputs = self._inputs(state)
+        if not inputs:
+            return
+        try:
+            self.memory.add_messages(self._session_id(runtime), inputs)
+        except HybridMemoryError:
+            logger.exception("could not store the input of a failed turn")
+
+    async def _akeep_inputs(self, state: Any, runtime: Any) -> None:
+        inputs = self._inputs(state)
+        if not inputs:
+            return
+        try:
+            await self.memory.aadd_messages(self._session_id(runtime), inputs)
+        except HybridMemoryError:
+            logger.exception("could not store the input of a failed turn")
+
+    def wrap_model_call(
+        self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse]
+    ) -> ModelResponse:
+        """Call the model; if it raises, store the turn's input before re-raising."""
+        try:
+            return handler(request)
+        except Exception:
+            self._keep_inputs(request.state, request.runtime)
+            raise
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse]],
+    ) -> ModelResponse:
+        """Async :meth:`wrap_model_call`."""
+        try:
+            return await handler(request)
+        except Exception:
+            await self._akeep_inputs(request.state, request.runtime)
+            raise
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool; if it raises, store the turn's input before re-raising."""
+        try:
+            return handler(request)
+        except Exception:
+            self._keep_inputs(request.state, request.runtime)
+            raise
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async :meth:`wrap_tool_call`."""
+        try:
+            return await handler(request)
+        except Exception:
+            await self._akeep_inputs(request.state, request.runtime)
+            raise

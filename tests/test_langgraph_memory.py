@@ -128,6 +128,37 @@ async def test_native_middleware_wiring(memory: HybridMemory, mode: str, sid: st
     assert stored_ids(memory, sid) == TURN_1 + TURN_2
 
 
+class FailingModel(ScriptedModel):
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("provider down")
+
+
+@tool
+def broken() -> str:
+    """A tool that fails."""
+    raise RuntimeError("tool down")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("failing", ["model", "tool"])
+async def test_native_middleware_keeps_the_input_when_the_turn_fails(
+    memory: HybridMemory, mode: str, failing: str, sid: str
+) -> None:
+    if failing == "model":
+        model: ScriptedModel = FailingModel(messages=iter([]))
+    else:
+        call = {"name": "broken", "args": {}, "id": "call-1"}
+        model = ScriptedModel(messages=iter([AIMessage("", tool_calls=[call])]))
+    agent = create_agent(model, [broken], middleware=[HybridMemoryMiddleware(memory)])
+    value = {"messages": [HumanMessage("hi", id="T1")]}
+    with pytest.raises(RuntimeError, match="down"):
+        if mode == "sync":
+            agent.invoke(value, config(sid))
+        else:
+            await agent.ainvoke(value, config(sid))
+    assert stored_ids(memory, sid) == ["T1"]  # the user's message, and nothing else
+
+
 def test_middleware_without_session_id_fails_loudly(memory: HybridMemory) -> None:
     agent = create_agent(
         ScriptedModel(messages=iter(["x"])), [], middleware=[HybridMemoryMiddleware(memory)]
