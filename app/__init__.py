@@ -1,0 +1,62 @@
+"""The Twilio webhook app: ``create_app(settings)`` builds it; nothing happens at import time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response
+from flask_limiter import Limiter
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the Flask app.
+
+    ``overrides`` go to :func:`app.services.build_services` (tests pass ``memory``, ``agent``
+    and ``twilio_client``); without them storage, agent and model come from ``settings``.
+    """
+    from . import ops, twilio_webhook
+    from .services import build_services
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Bigger bodies are refused (413) before Werkzeug parses them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    if settings.trusted_proxy_hops > 0:
+        # Only behind proxies we trust: X-Forwarded-* from anyone else could forge the URL
+        # that the Twilio signature is checked against.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
+
+    services = build_services(settings, **overrides)
+    app.extensions["hybrid_memory"] = services
+    limiter = Limiter(
+        key_func=twilio_webhook.sender_key,
+        app=app,
+        storage_uri=services.urls.redis_url,
+        key_prefix=f"{settings.redis_prefix}limits",
+        strategy="moving-window",
+        # Redis down: let the message through (it is still signed and stored) rather than 500.
+        swallow_errors=True,
+        headers_enabled=False,
+    )
+    app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))
+    app.register_blueprint(ops.create_blueprint())
+
+    @app.errorhandler(HTTPException)
+    def short_http_error(error: HTTPException) -> Response:
+        # Plain one-line reasons (413 too large, 429 rate limited, 405...), not HTML pages.
+        return Response(
+            f"{error.description or error.name}\n",
+            status=error.code or 500,
+            mimetype="text/plain",
+        )
+
+    return app

@@ -13,6 +13,27 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+def _bool(env: Mapping[str, str], name: str) -> bool | None:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -21,6 +42,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -39,7 +67,16 @@ class Settings:
     trusted_proxy_hops: int = 0  # >0: trust X-Forwarded-* from that many proxies (ProxyFix)
     reply_mode: str = "inline"  # inline (TwiML) | async (RQ worker + REST reply)
     rate_limit: str = "30 per minute"  # per sender, Flask-Limiter syntax; "" disables
-    max_body_chars: int = 1600
+    max_body_chars: int = 1600  # Twilio's own cap on an inbound Body
+    max_request_bytes: int = 64 * 1024  # larger POSTs are refused before they are parsed
+
+    # Turns (both reply modes).
+    redis_prefix: str = "hm:"  # prefix of the app's Redis keys (locks, turn states, rate limits)
+    queue_name: str = "hybrid-memory-turns"  # RQ queue of the async reply mode
+    inline_wait_seconds: float = 10.0  # inline mode: wait this long for a busy conversation
+    lock_ttl_seconds: int = 30  # expiry of a conversation lock; renewed while its holder lives
+    turn_state_ttl_seconds: int = 2 * 24 * 3600  # how long a MessageSid's outcome is remembered
+    apology_text: str = "Sorry, I could not answer that just now. Please try again in a moment."
 
     # Agent.
     model_provider: str | None = None  # openai | anthropic | ollama | offline; None → offline
@@ -52,6 +89,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one JSON object per line)
+    auto_migrate: bool | None = None  # None → migrate at start only on the embedded servers
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +114,13 @@ class Settings:
             reply_mode=reply_mode,
             rate_limit=env.get("RATE_LIMIT", "30 per minute"),
             max_body_chars=_int(env, "MAX_BODY_CHARS", 1600),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024),
+            redis_prefix=env.get("REDIS_KEY_PREFIX") or "hm:",
+            queue_name=env.get("RQ_QUEUE") or "hybrid-memory-turns",
+            inline_wait_seconds=_float(env, "INLINE_WAIT_SECONDS", 10.0),
+            lock_ttl_seconds=_int(env, "TURN_LOCK_SECONDS", 30),
+            turn_state_ttl_seconds=_int(env, "TURN_STATE_TTL_SECONDS", 2 * 24 * 3600),
+            apology_text=env.get("APOLOGY_TEXT") or cls.apology_text,
             model_provider=(env.get("MODEL_PROVIDER") or "").strip().lower() or None,
             model_name=env.get("MODEL_NAME") or None,
             system_prompt=env.get("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
@@ -83,4 +129,6 @@ class Settings:
             host=env.get("HOST", "127.0.0.1"),
             port=_int(env, "PORT", 5000),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_format=_choice(env, "LOG_FORMAT", ("text", "json"), "text"),
+            auto_migrate=_bool(env, "AUTO_MIGRATE"),
         )

@@ -1,0 +1,255 @@
+"""The process commands: ``serve``, ``worker``, ``send`` and ``migrate`` (``app.cli`` parses)."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+from .observability import configure_logging
+from .resources import StorageURLs, storage_urls
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+WEBHOOK_PATH = "/twilio/messages"  # same as app.twilio_webhook.WEBHOOK_PATH (lighter import)
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``args.command``; the exit status."""
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "send":
+        return send(settings, args.text, url=args.url, sender=args.from_, to=args.to)
+    if args.command == "migrate":
+        urls = storage_urls(settings)
+        migrate_database(urls.database_url)
+        print("database schema is at the latest revision")
+        return 0
+    if args.command == "worker":
+        return run_worker_command(settings)
+    if args.command == "serve":
+        return serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            production=args.production,
+            workers=args.workers,
+        )
+    raise ValueError(f"unknown command {args.command!r}")
+
+
+# -- migrate -------------------------------------------------------------------------------------
+
+
+def migrate_database(database_url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations (``conversations`` and ``messages``) up to ``revision``.
+
+    Safe to run from several processes at once (the migration environment takes a lock).
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, revision)
+
+
+def _resolved(settings: Settings) -> tuple[Settings, StorageURLs]:
+    """Settings with concrete storage URLs (the embedded servers' when none are configured)."""
+    urls = storage_urls(settings)
+    resolved = dataclasses.replace(
+        settings, database_url=urls.database_url, redis_url=urls.redis_url
+    )
+    if settings.auto_migrate or (settings.auto_migrate is None and urls.embedded):
+        migrate_database(urls.database_url)
+    return resolved, urls
+
+
+# -- worker --------------------------------------------------------------------------------------
+
+
+def run_worker_command(settings: Settings) -> int:
+    from .services import build_services
+    from .worker import run_worker
+
+    settings, _ = _resolved(settings)
+    services = build_services(settings)
+    if services.twilio_client is None:
+        logger.error(
+            "the worker sends replies by REST: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+        )
+        return 2
+    run_worker(services)
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    production: bool = False,
+    workers: int = 2,
+) -> int:
+    """Run the webhook app: Flask's server (dev) or gunicorn (``--production``)."""
+    settings, urls = _resolved(settings)
+    host = host or settings.host
+    port = port or settings.port
+    if settings.reply_mode == "async" and urls.embedded:
+        # `make run` with REST credentials: the async mode needs a worker; start one here.
+        _spawn_worker(settings)
+    logger.info(
+        "serving POST %s on http://%s:%d (%s replies); try: hybrid-memory send 'hello'",
+        WEBHOOK_PATH,
+        host,
+        port,
+        settings.reply_mode,
+    )
+    if production:
+        return _serve_gunicorn(settings, host, port, workers)
+    from . import create_app
+
+    app = create_app(settings)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    return 0
+
+
+def _spawn_worker(settings: Settings) -> None:
+    env = dict(
+        os.environ, DATABASE_URL=settings.database_url or "", REDIS_URL=settings.redis_url or ""
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+    logger.info("started a worker process (pid %d) for the async reply mode", worker.pid)
+
+    def stop() -> None:
+        worker.terminate()
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+    atexit.register(stop)
+
+
+def _serve_gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"{host}:{port}",
+                "workers": workers,
+                # Threads: an inline turn blocks on the model; other requests keep flowing.
+                "worker_class": "gthread",
+                "threads": 8,
+                # Twilio gives up after 15 s; a worker stuck far longer than that is recycled.
+                "timeout": 60,
+                "graceful_timeout": 30,
+                "accesslog": "-",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from . import create_app
+
+            # One app (pools, agent) per gunicorn worker process, built after the fork.
+            return create_app(settings)
+
+    Application().run()
+    return 0
+
+
+# -- send ----------------------------------------------------------------------------------------
+
+
+def send(
+    settings: Settings,
+    text: str,
+    *,
+    url: str | None = None,
+    sender: str = "+15550001111",
+    to: str = "+15550002222",
+    timeout: float = 30.0,
+) -> int:
+    """Post ``text`` as a correctly signed Twilio webhook to a running app; print the reply."""
+    import requests
+    from twilio.request_validator import RequestValidator
+
+    from .services import webhook_auth_token
+
+    if url is None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        url = f"http://{host}:{settings.port}{WEBHOOK_PATH}"
+    # The app checks the signature against its public URL when one is configured.
+    signed_for = settings.public_base_url + WEBHOOK_PATH if settings.public_base_url else url
+    form = twilio_form(text, sender=sender, to=to, account_sid=settings.twilio_account_sid)
+    signature = RequestValidator(webhook_auth_token(settings)).compute_signature(signed_for, form)
+    try:
+        response = requests.post(
+            url, data=form, headers={"X-Twilio-Signature": signature}, timeout=timeout
+        )
+    except requests.RequestException as exc:
+        print(f"could not reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"HTTP {response.status_code}: {response.text.strip()}", file=sys.stderr)
+        return 1
+    replies = twiml_messages(response.text)
+    for reply in replies:
+        print(reply)
+    if not replies:
+        print(
+            "(no reply in the response: in async mode it goes out through the Twilio API)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def twilio_form(
+    text: str,
+    *,
+    sender: str,
+    to: str,
+    account_sid: str | None = None,
+    message_sid: str | None = None,
+) -> dict[str, str]:
+    """The form Twilio posts for an inbound SMS (the fields of its messaging webhook)."""
+    message_sid = message_sid or f"SM{uuid.uuid4().hex}"
+    return {
+        "ToCountry": "US",
+        "SmsMessageSid": message_sid,
+        "NumMedia": "0",
+        "SmsSid": message_sid,
+        "SmsStatus": "received",
+        "Body": text,
+        "To": to,
+        "NumSegments": str(max(1, -(-len(text) // 153))),
+        "MessageSid": message_sid,
+        "AccountSid": account_sid or "AC" + "0" * 32,
+        "From": sender,
+        "ApiVersion": "2010-04-01",
+    }
+
+
+def twiml_messages(xml: str) -> list[str]:
+    """The texts of the ``<Message>`` verbs of a TwiML response."""
+    root = ElementTree.fromstring(xml)
+    texts = []
+    for message in root.iter("Message"):
+        body = message.find("Body")
+        texts.append((body.text if body is not None else message.text) or "")
+    return texts

@@ -1,0 +1,133 @@
+"""The long-lived objects of one process (app or worker), built once and shared by requests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+
+from lc_hybrid_memory import HybridMemory
+
+from .conversations import ConversationStore
+from .observability import Metrics
+from .resources import StorageURLs, open_memory, storage_urls
+from .settings import Settings
+from .turns import TurnCoordinator
+
+logger = logging.getLogger(__name__)
+
+DEV_TOKEN_FILE = "twilio_dev_auth_token"
+
+
+def webhook_auth_token(settings: Settings) -> str:
+    """The secret webhooks are signed with: ``TWILIO_AUTH_TOKEN``, else a local dev token.
+
+    The dev token lives in the data directory (mode 0600), so ``hybrid-memory serve`` and
+    ``hybrid-memory send`` on one machine sign and check with the same secret. Signature checks
+    are never switched off: real Twilio traffic needs the real token.
+    """
+    if settings.twilio_auth_token:
+        return settings.twilio_auth_token
+    path = Path(settings.data_dir) / DEV_TOKEN_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    logger.warning(
+        "TWILIO_AUTH_TOKEN is not set: webhooks are checked against the local dev token in %s "
+        "(hybrid-memory send uses it; real Twilio requests will be refused)",
+        path,
+    )
+    return token
+
+
+def twilio_rest_client(settings: Settings, http_client: Any = None) -> Any:
+    """The Twilio REST client of the async mode, or ``None`` without credentials."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        return None
+    from twilio.rest import Client
+
+    return Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    urls: StorageURLs
+    memory: HybridMemory
+    agent: Any  # app.agent.ChatAgent (or anything with its run_turn)
+    redis: redis.Redis
+    conversations: ConversationStore
+    turns: TurnCoordinator
+    queue: Queue
+    metrics: Metrics
+    auth_token: str
+    twilio_client: Any = None
+
+    def close(self) -> None:
+        self.redis.close()
+        self.memory.close()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    memory: HybridMemory | None = None,
+    agent: Any = None,
+    twilio_client: Any = None,
+    metrics: Metrics | None = None,
+) -> Services:
+    """Open storage (configured URLs or the embedded servers) and build the process's objects.
+
+    Tests pass ``memory`` (on their own database), ``agent`` (with a fake model) and
+    ``twilio_client`` (capturing HTTP); production builds them all from ``settings``.
+    """
+    urls = storage_urls(settings)
+    memory = memory or open_memory(settings, urls)
+    if agent is None:
+        from .agent import ChatAgent
+
+        agent = ChatAgent(memory, settings)
+    metrics = metrics or Metrics()
+    metrics.watch_memory(memory)
+    # Its own client: RQ's blocking reads and the lock heartbeat need longer timeouts than the
+    # memory cache's 250 ms.
+    client = redis.Redis.from_url(urls.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    queue = Queue(settings.queue_name, connection=client)
+    metrics.watch_queue_depth(lambda: queue.count)
+    turns = TurnCoordinator(
+        client,
+        agent,
+        metrics=metrics,
+        prefix=settings.redis_prefix,
+        lock_ttl_seconds=settings.lock_ttl_seconds,
+        state_ttl_seconds=settings.turn_state_ttl_seconds,
+        apology=settings.apology_text,
+    )
+    return Services(
+        settings=settings,
+        urls=urls,
+        memory=memory,
+        agent=agent,
+        redis=client,
+        conversations=ConversationStore(memory.store.engine),
+        turns=turns,
+        queue=queue,
+        metrics=metrics,
+        auth_token=webhook_auth_token(settings),
+        twilio_client=twilio_client or twilio_rest_client(settings),
+    )

@@ -1,0 +1,145 @@
+"""The async reply mode's background side: RQ jobs that run turns and send replies by REST.
+
+The webhook acks at once and enqueues ``process_conversation(conversation_id)`` on the RQ queue
+(same Redis). A job drains the conversation's pending turns in order under its lock (see
+:mod:`app.turns`) and sends each reply with the Twilio REST client. Jobs are idempotent: a job
+that finds the queue already drained does nothing, so a duplicate or retried job is harmless.
+
+Workers are ``SimpleWorker`` s (no fork per job): the memory's connection pools and the agent
+are built once per process and reused by every job. Run several worker processes for
+parallelism; conversations never block each other, a conversation's turns stay in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from rq import Retry, SimpleWorker
+from twilio.base.exceptions import TwilioRestException
+
+from .conversations import Conversation
+from .services import Services, build_services
+from .settings import Settings
+from .turns import TurnRecord, TurnStatus, split_reply
+
+logger = logging.getLogger(__name__)
+
+# Jobs retried by RQ when the Twilio API or a store is briefly unavailable.
+JOB_RETRY = Retry(max=3, interval=[2, 10, 30])
+
+_process_services: dict[int, Services] = {}
+
+
+def install_services(services: Services) -> None:
+    """Use ``services`` for the jobs this process runs (the worker command and tests call it)."""
+    _process_services[os.getpid()] = services
+
+
+def current_services() -> Services:
+    """This process's services; built from the environment on first use (after a fork too)."""
+    services = _process_services.get(os.getpid())
+    if services is None:
+        services = build_services(Settings.from_env())
+        install_services(services)
+    return services
+
+
+class ReplySender:
+    """Sends a turn's reply through the Twilio REST API, each part at most once."""
+
+    def __init__(self, services: Services, conversation: Conversation) -> None:
+        if services.twilio_client is None:
+            raise RuntimeError(
+                "REPLY_MODE=async needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN for the REST API"
+            )
+        self.services = services
+        self.conversation = conversation
+
+    def __call__(self, message_sid: str, record: TurnRecord) -> None:
+        conversation = self.conversation
+        metrics = self.services.metrics
+        log = {"conversation_id": conversation.id, "message_sid": message_sid}
+        parts = split_reply(record.reply)
+        # Sender: the Messaging Service when the inbound came through one, else our number.
+        origin: dict[str, str] = (
+            {"messaging_service_sid": conversation.messaging_service_sid}
+            if conversation.messaging_service_sid
+            else {"from_": conversation.service_address}
+        )
+        for index in range(record.sent, len(parts)):
+            try:
+                message = self.services.twilio_client.messages.create(
+                    to=conversation.contact_address, body=parts[index], **origin
+                )
+            except TwilioRestException as exc:
+                if 400 <= exc.status < 500 and exc.status != 429:
+                    # Permanent (unreachable number, opted out...): give up on this reply, so
+                    # it does not block the conversation's later turns.
+                    metrics.replies_sent.labels(outcome="rejected").inc()
+                    logger.error(
+                        "Twilio rejected the reply (HTTP %s, code %s); not retrying",
+                        exc.status,
+                        exc.code,
+                        extra=log,
+                    )
+                    return
+                metrics.replies_sent.labels(outcome="error").inc()
+                raise  # transient: the job fails, RQ retries it, the turn stays queued
+            # Recorded after each part: a retried job resends nothing that went out.
+            self.services.turns.mark_sent(conversation.id, message_sid, index + 1)
+            outcome = "apology" if record.status is TurnStatus.FAILED else "sent"
+            metrics.replies_sent.labels(outcome=outcome).inc()
+            logger.info(
+                "reply part %d/%d sent as %s",
+                index + 1,
+                len(parts),
+                getattr(message, "sid", "?"),
+                extra=log,
+            )
+
+
+def process_conversation(conversation_id: str) -> int:
+    """RQ job: run the conversation's pending turns and send their replies. Returns how many
+    turns were pending when it started."""
+    services = current_services()
+    conversation = services.conversations.get(conversation_id)
+    if conversation is None:
+        logger.error("job for an unknown conversation", extra={"conversation_id": conversation_id})
+        return 0
+    waiting = len(services.turns.pending(conversation_id))
+    if waiting:
+        acquired = services.turns.drain(
+            conversation_id,
+            # Another worker draining this conversation will also run what we were sent for.
+            wait_seconds=0,
+            deliver=ReplySender(services, conversation),
+        )
+        if not acquired:
+            logger.info(
+                "conversation busy in another worker; it drains this turn too",
+                extra={"conversation_id": conversation_id},
+            )
+    return waiting
+
+
+def enqueue_kwargs(settings: Settings) -> dict[str, Any]:
+    """Options of every turn job."""
+    return {
+        "job_timeout": max(60, settings.lock_ttl_seconds * 4),
+        "retry": JOB_RETRY,
+        "result_ttl": 3600,
+        "failure_ttl": 7 * 24 * 3600,
+    }
+
+
+def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool = True) -> bool:
+    """Run an RQ worker on the turn queue until stopped (or, with ``burst``, until it is empty).
+
+    ``with_scheduler`` lets this worker also enqueue RQ's delayed retries when they are due.
+    """
+    install_services(services)
+    worker = SimpleWorker([services.queue], connection=services.redis)
+    logger.info("worker listening on queue %s", services.queue.name)
+    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")

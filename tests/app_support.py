@@ -1,0 +1,210 @@
+"""Shared pieces of the app tests: signed webhooks, a counting fake model, a capturing Twilio
+HTTP client, and an app on its own migrated database, Redis prefix and RQ queue.
+
+Everything runs on the session's real Redis and Postgres (see ``conftest.py``); nothing is
+flushed, so the tests also run against shared servers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatResult
+from pydantic import Field
+from twilio.http import HttpClient
+from twilio.http.response import Response as TwilioResponse
+from twilio.request_validator import RequestValidator
+from werkzeug.test import TestResponse
+
+from app import create_app
+from app.agent import ChatAgent
+from app.server import migrate_database, twilio_form, twiml_messages
+from app.services import Services
+from app.settings import Settings
+from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory.store import sync_url
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "1" * 32
+PUBLIC_BASE_URL = "https://bot.example.com"
+WEBHOOK = "/twilio/messages"
+SENDER = "+15550001111"
+OUR_NUMBER = "+15550002222"
+
+
+def new_sid() -> str:
+    return f"SM{uuid.uuid4().hex}"
+
+
+def form(body: str, *, sid: str | None = None, sender: str = SENDER, **extra: str) -> dict:
+    """What Twilio posts for an inbound SMS (plus ``extra`` fields)."""
+    fields = twilio_form(
+        body, sender=sender, to=OUR_NUMBER, account_sid=ACCOUNT_SID, message_sid=sid
+    )
+    fields.update(extra)
+    return fields
+
+
+def signature(fields: dict, url: str = PUBLIC_BASE_URL + WEBHOOK, token: str = AUTH_TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, fields)
+
+
+def post_signed(client: FlaskClient, fields: dict, **kwargs: Any) -> TestResponse:
+    return client.post(
+        WEBHOOK, data=fields, headers={"X-Twilio-Signature": signature(fields)}, **kwargs
+    )
+
+
+def replies(response: TestResponse) -> list[str]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return twiml_messages(response.get_data(as_text=True))
+
+
+class CountingFakeModel(FakeMessagesListChatModel):
+    """langchain-core's fake chat model, counting its calls and recording what it was shown.
+
+    ``delay`` makes a call slow (ordering tests); ``fail`` makes it raise (failure tests).
+    """
+
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    delay: float = 0.0
+    fail: bool = False
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> CountingFakeModel:
+        return self
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        started = time.monotonic()
+        if self.delay:
+            time.sleep(self.delay)
+        self.calls.append(
+            {"messages": list(messages), "started": started, "ended": time.monotonic()}
+        )
+        if self.fail:
+            raise RuntimeError("the model is down")
+        return super()._generate(messages, *args, **kwargs)
+
+    def texts_seen(self, call: int) -> list[str]:
+        return [m.text for m in self.calls[call]["messages"] if m.type in ("human", "ai")]
+
+
+def fake_model(*replies_: str, **options: Any) -> CountingFakeModel:
+    return CountingFakeModel(responses=[AIMessage(r) for r in replies_ or ("ok",)], **options)
+
+
+class CapturingTwilioHttp(HttpClient):
+    """twilio's HTTP client hook: records every REST call and answers like the API, offline."""
+
+    def __init__(self, *, status: int = 201) -> None:
+        super().__init__(logging.getLogger("test.twilio"), is_async=False)
+        self.requests: list[dict[str, Any]] = []
+        self.status = status
+        self.lock = threading.Lock()
+
+    def request(
+        self, method: str, uri: str, params: Any = None, data: Any = None, **kwargs: Any
+    ) -> TwilioResponse:
+        with self.lock:
+            self.requests.append({"method": method, "uri": uri, "data": dict(data or {})})
+        if self.status >= 400:
+            error = {"code": 21211, "message": "invalid 'To' number", "status": self.status}
+            return TwilioResponse(self.status, json.dumps(error))
+        message = {
+            "sid": new_sid(),
+            "status": "queued",
+            "to": (data or {}).get("To"),
+            "from": (data or {}).get("From"),
+            "body": (data or {}).get("Body"),
+            "account_sid": ACCOUNT_SID,
+        }
+        return TwilioResponse(self.status, json.dumps(message))
+
+    @property
+    def sent_bodies(self) -> list[str]:
+        return [r["data"].get("Body") for r in self.requests]
+
+
+@dataclass
+class AppHarness:
+    """Builds apps on one migrated database, Redis prefix and queue (one per test)."""
+
+    settings: Settings
+    memory: HybridMemory
+    engine: sa.Engine
+    redis: redis.Redis
+    http: CapturingTwilioHttp
+    built: list[Services] = field(default_factory=list)
+
+    def app(self, model: Any = None, **changes: Any) -> Flask:
+        """An app (inline mode unless ``reply_mode="async"``) whose agent uses ``model``."""
+        from twilio.rest import Client
+
+        settings = replace(self.settings, **changes)
+        agent = ChatAgent(self.memory, settings, model=model)
+        twilio_client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=self.http)
+        app = create_app(settings, memory=self.memory, agent=agent, twilio_client=twilio_client)
+        app.config["TESTING"] = True
+        self.built.append(app.extensions["hybrid_memory"])
+        return app
+
+    def rows(self, table: str = "messages") -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1"))
+            return [dict(row._mapping) for row in result]
+
+    def message_uids(self) -> list[str]:
+        return [row["message_uid"] for row in sorted(self.rows(), key=lambda r: r["id"])]
+
+
+@pytest.fixture
+def harness(
+    servers: Any, fresh_database_url: str, unique: str, tmp_path: Path
+) -> Iterator[AppHarness]:
+    migrate_database(fresh_database_url)
+    settings = Settings(
+        database_url=fresh_database_url,
+        redis_url=servers.redis_url,
+        data_dir=tmp_path,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_account_sid=ACCOUNT_SID,
+        public_base_url=PUBLIC_BASE_URL,
+        reply_mode="inline",
+        rate_limit="",
+        redis_prefix=f"test:{unique}:",
+        queue_name=f"test-turns-{unique}",
+        lock_ttl_seconds=5,
+        inline_wait_seconds=5,
+    )
+    memory = HybridMemory.from_urls(
+        redis_url=servers.redis_url, database_url=fresh_database_url, prefix=f"test:{unique}:mem:"
+    )
+    engine = sa.create_engine(sync_url(fresh_database_url))
+    client = redis.Redis.from_url(servers.redis_url)
+    harness = AppHarness(settings, memory, engine, client, CapturingTwilioHttp())
+    try:
+        yield harness
+    finally:
+        for services in harness.built:
+            services.queue.empty()
+            services.redis.close()
+        memory.close()
+        engine.dispose()
+        keys = list(client.scan_iter(match=f"test:{unique}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
