@@ -8,6 +8,7 @@ through ``run_turn`` and ``arun_turn`` alike.
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from pydantic import Field
 
 from app.agent import ChatAgent, TurnResult, is_turn_message, turn_message_ids
-from app.models import OFFLINE_LABEL
+from app.models import (
+    OFFLINE_LABEL,
+    ModelConfigurationError,
+    OfflineChatModel,
+    build_model,
+)
 from app.settings import Settings
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError, codec
 
@@ -338,3 +344,40 @@ async def test_offline_model_uses_the_time_and_recall_tools(
     assert "my favourite colour is teal" in recalled.reply
     # Messages the model already sees (the recall request itself) are not "older" ones.
     assert "recall colour" not in recalled.reply
+
+
+def test_model_from_configuration() -> None:
+    assert isinstance(build_model(Settings()), OfflineChatModel)
+    assert isinstance(build_model(Settings(model_provider="offline")), OfflineChatModel)
+    with pytest.raises(ModelConfigurationError, match="unknown MODEL_PROVIDER 'gemini'"):
+        build_model(Settings(model_provider="gemini", model_name="x"))
+    with pytest.raises(ModelConfigurationError, match="needs MODEL_NAME"):
+        build_model(Settings(model_provider="anthropic"))
+    if importlib.util.find_spec("langchain_ollama") is None:
+        with pytest.raises(ModelConfigurationError, match=r"lc-hybrid-memory\[ollama\]"):
+            build_model(Settings(model_provider="ollama", model_name="llama3.2"))
+
+
+def test_offline_model_is_deterministic_and_only_calls_bound_tools() -> None:
+    model = OfflineChatModel()
+    asked = [HumanMessage("my name is Ada"), AIMessage("hi"), HumanMessage("what's my name?")]
+    assert (
+        model.invoke(asked).text
+        == model.invoke(asked).text
+        == (f"{OFFLINE_LABEL} Your name is Ada.")
+    )
+    assert model.invoke("what time is it?").tool_calls == []  # no tools bound: no call
+    with_tools = model.bind_tools(default_tools_for_names())
+    call = with_tools.invoke("what time is it?").tool_calls
+    assert [c["name"] for c in call] == ["get_current_time"]
+    assert with_tools.invoke("recall about the trip").tool_calls[0]["args"] == {"query": "the trip"}
+
+
+def default_tools_for_names() -> list[Any]:
+    from app.tools import current_time_tool
+
+    def recall(query: str) -> str:
+        """Search older messages."""
+        return query
+
+    return [current_time_tool(), recall]
