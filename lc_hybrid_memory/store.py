@@ -114,13 +114,20 @@ class MessageStore:
         """A store with a sync (psycopg2) and an async (asyncpg) engine for ``database_url``."""
         from sqlalchemy import create_engine
 
+        # Every query of the store is served by the (conversation_id, id) index. With stale
+        # statistics and short average conversations the planner picks a bitmap scan + sort for
+        # a long conversation, reading all of it (21 ms instead of 0.05 ms at 50 000 messages);
+        # without bitmap scans, the ordered index scan that stops after `limit` rows always wins.
+        # Set on the store's own pool only (behind PgBouncer: ALTER ROLE ... SET instead).
         sync_engine = create_engine(
             sync_url(database_url),
-            connect_args={"connect_timeout": 5},
+            connect_args={"connect_timeout": 5, "options": "-c enable_bitmapscan=off"},
             **engine_kwargs,
         )
         aengine = create_async_engine(
-            async_url(database_url), connect_args={"timeout": 5}, **engine_kwargs
+            async_url(database_url),
+            connect_args={"timeout": 5, "server_settings": {"enable_bitmapscan": "off"}},
+            **engine_kwargs,
         )
         return cls(sync_engine, aengine, table=table)
 
