@@ -72,7 +72,7 @@ def encode(message: BaseMessage) -> str:
 # Decoding dominates a warm read: for 50 messages pydantic validation costs ~4x the JSON parse.
 # But the entries were written by :func:`encode`, i.e. dumped from an already validated message,
 # and for the common shapes validation of such a dump is the identity. :func:`_fast_message`
-# recognises exactly those shapes (every field present, in field order, each with the type
+# recognises exactly those shapes (every field present, in any order, each with the type
 # validation would keep unchanged; no tool calls, whose validator rebuilds them) and builds the
 # instance the way pydantic's own ``model_construct`` does, without re-validating. Anything else
 # (tool calls, chunks, ChatMessage, a foreign or hand-written payload, a number where a string
@@ -88,6 +88,7 @@ _FAST_CLASSES: dict[str, type[BaseMessage]] = {
 _FIELDS: dict[str, tuple[str, ...]] = {
     kind: tuple(cls.model_fields) for kind, cls in _FAST_CLASSES.items()
 }
+_FIELD_SETS = {kind: frozenset(fields) for kind, fields in _FIELDS.items()}
 _USAGE = TypeAdapter(AIMessage.model_fields["usage_metadata"].annotation)
 _TOOL_STATUS = ("success", "error")
 _setattr = object.__setattr__
@@ -112,8 +113,13 @@ def _fast_message(obj: Any) -> BaseMessage | None:
     kind = obj.get("type")
     cls = _FAST_CLASSES.get(kind) if type(kind) is str else None
     data = obj.get("data")
-    if cls is None or type(data) is not dict or tuple(data) != _FIELDS[kind]:
+    if cls is None or type(data) is not dict or data.keys() != _FIELD_SETS[kind]:
         return None
+    fields = _FIELDS[kind]
+    if tuple(data) != fields:
+        # Postgres jsonb reorders keys (a fill reads them back so); validation would build the
+        # instance's __dict__ in field order whatever the input order, and so do we.
+        data = {name: data[name] for name in fields}
     if (
         data["type"] != kind
         or not _plain_content(data["content"])
