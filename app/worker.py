@@ -112,8 +112,10 @@ def process_conversation(conversation_id: str) -> int:
     if waiting:
         acquired = services.turns.drain(
             conversation_id,
-            # Another worker draining this conversation will also run what we were sent for.
-            wait_seconds=0,
+            # A crashed holder's lock expires within lock_ttl: then this job takes over. A live
+            # holder still busy after that looks at the queue again when it releases the lock,
+            # so it runs what this job was sent for.
+            wait_seconds=services.settings.lock_ttl_seconds + 1,
             deliver=ReplySender(services, conversation),
         )
         if not acquired:

@@ -200,7 +200,15 @@ def harness(
         yield harness
     finally:
         for services in harness.built:
-            services.queue.empty()
+            queue = services.queue
+            for registry in (
+                queue.failed_job_registry,
+                queue.scheduled_job_registry,
+                queue.finished_job_registry,
+            ):
+                for job_id in registry.get_job_ids():
+                    registry.remove(job_id, delete_job=True)
+            queue.empty()
             services.redis.close()
         memory.close()
         engine.dispose()

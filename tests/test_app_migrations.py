@@ -1,0 +1,77 @@
+"""Alembic migrations: the schema they make is the library's messages table plus
+conversations, exactly; they are idempotent, concurrent-safe, and adopt an existing table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from langchain_core.messages import HumanMessage
+
+from app.conversations import metadata as app_metadata
+from app.server import migrate_database
+from lc_hybrid_memory import HybridMemory, MessageTable
+from lc_hybrid_memory.store import sync_url
+
+
+def _target() -> sa.MetaData:
+    target = sa.MetaData()
+    for table in app_metadata.tables.values():
+        table.to_metadata(target)
+    MessageTable().build(target)
+    return target
+
+
+def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
+    fresh_database_url: str,
+) -> None:
+    migrate_database(fresh_database_url)
+    engine = sa.create_engine(sync_url(fresh_database_url))
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, _target())
+        indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("messages")}
+        uniques = {uq["name"] for uq in sa.inspect(conn).get_unique_constraints("messages")}
+    engine.dispose()
+    assert differences == []
+    assert "ix_messages_conversation_id_id" in indexes
+    assert "uq_messages_conversation_id_message_uid" in uniques
+
+
+def test_hybrid_memory_migrate_runs_concurrently_and_twice(
+    fresh_database_url: str, servers
+) -> None:
+    # Separate processes, as compose's migrate service, serve and worker would be.
+    env = dict(os.environ, DATABASE_URL=fresh_database_url, REDIS_URL=servers.redis_url)
+    command = [sys.executable, "-m", "app.cli", "migrate"]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outcomes = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outcomes
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "latest revision" in again.stdout
+    engine = sa.create_engine(sync_url(fresh_database_url))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+    engine.dispose()
+
+
+def test_a_messages_table_made_by_the_library_is_adopted_with_its_rows(
+    fresh_database_url: str, servers, unique: str
+) -> None:
+    memory = HybridMemory.from_urls(
+        redis_url=servers.redis_url, database_url=fresh_database_url, prefix=f"test:{unique}:"
+    )
+    memory.create_schema()  # e.g. `hybrid-memory chat` ran before the first migration
+    memory.add_messages("terminal", [HumanMessage("kept", id="m1")])
+
+    migrate_database(fresh_database_url)
+
+    assert [m.text for m in memory.get_messages("terminal")] == ["kept"]
+    memory.close()
