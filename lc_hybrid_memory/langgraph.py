@@ -22,7 +22,10 @@ final answer is the highest ``n``. Consequences:
 
 * a retried turn writes the same ids, and the store skips ids it already holds;
 * a history that already contains the input (the caller stored it first to make it durable)
-  is cut just before it, so the model never sees the input twice;
+  is cut just before it, so the model never sees the input twice, nor inbound messages that
+  arrived after it;
+* the model sees each earlier turn's messages right after that turn's input, even where the
+  table interleaves them with later inbound messages (:func:`in_turn_order`);
 * a turn whose final answer is already stored is *complete*: it is answered from storage
   (replayed) without calling the model.
 
@@ -72,6 +75,7 @@ __all__ = [
     "TurnPlan",
     "agent_turn",
     "assign_turn_ids",
+    "in_turn_order",
     "is_turn_message",
     "plan_turn",
     "turn_message_id",
@@ -81,6 +85,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 50
+
+# "<input id>:<n>", n >= 1: a message produced by the turn of that input.
+_DERIVED_ID = re.compile(r"(.+):([1-9][0-9]*)")
 
 
 class MissingSessionIdError(HybridMemoryError, ValueError):
@@ -154,12 +161,41 @@ class TurnPlan:
         return None
 
 
+def in_turn_order(history: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """``history`` with each turn's produced messages moved right after the turn's input.
+
+    The table keeps write order. When a caller stores inbound messages before their turns run
+    (a webhook making them durable first), a turn's answer is written after later inbound
+    messages: ``SM1, SM2, SM1:1, SM2:1``. Grouping by the derived ids restores the
+    conversation as it happened, ``SM1, SM1:1, SM2, SM2:1``. Messages whose input is not in
+    ``history`` (cut off by the window) and messages without derived ids keep their place.
+    """
+    ids = {m.id for m in history if m.id}
+    ordered: list[BaseMessage] = []
+    produced: dict[str, list[tuple[int, BaseMessage]]] = {}
+    for message in history:
+        match = _DERIVED_ID.fullmatch(message.id or "")
+        if match and match.group(1) in ids:
+            produced.setdefault(match.group(1), []).append((int(match.group(2)), message))
+        else:
+            ordered.append(message)
+    if not produced:
+        return list(history)
+    result: list[BaseMessage] = []
+    for message in ordered:
+        result.append(message)
+        if message.id in produced:
+            result.extend(m for _, m in sorted(produced[message.id], key=lambda pair: pair[0]))
+    return result
+
+
 def plan_turn(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> TurnPlan:
     """Split the stored ``history`` around the turn's ``inputs``.
 
-    If an input is already stored (the caller made it durable first, or this is a retry), the
-    context ends just before it: what follows it belongs to this turn (derived ids) or to
-    later inbound messages, which this turn must not answer.
+    The history is first put :func:`in_turn_order`. If an input is already stored (the caller
+    made it durable first, or this is a retry), the context ends just before it: what follows
+    it is this turn's own messages (derived ids: a retry) or later inbound messages and their
+    turns, which this turn must neither see nor answer.
     """
     inputs = list(inputs)
     if not inputs:
@@ -168,17 +204,12 @@ def plan_turn(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> 
     if not anchor:
         raise ValueError("the turn's input messages need ids (give HumanMessage an id=...)")
     input_ids = {m.id for m in inputs if m.id}
-    position = next((i for i, m in enumerate(history) if m.id in input_ids), None)
+    ordered = in_turn_order(history)
+    position = next((i for i, m in enumerate(ordered) if m.id in input_ids), None)
     if position is None:
-        return TurnPlan(context=list(history), inputs=inputs, anchor=anchor)
-    produced = [(n, m) for m in history[position:] if (n := _turn_index(anchor, m)) is not None]
-    produced.sort(key=lambda pair: pair[0])
-    return TurnPlan(
-        context=list(history[:position]),
-        inputs=inputs,
-        anchor=anchor,
-        stored=[m for _, m in produced],
-    )
+        return TurnPlan(context=ordered, inputs=inputs, anchor=anchor)
+    produced = [m for m in ordered[position:] if _turn_index(anchor, m) is not None]
+    return TurnPlan(context=ordered[:position], inputs=inputs, anchor=anchor, stored=produced)
 
 
 def _with_ids(inputs: Sequence[BaseMessage]) -> list[BaseMessage]:

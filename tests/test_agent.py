@@ -227,6 +227,22 @@ async def test_input_stored_by_the_app_first_is_seen_and_stored_once(
     assert shape(result.new_messages) == [("AIMessage", "SM1:1")]
 
 
+async def test_inbound_stored_ahead_of_their_turns_are_answered_in_order(
+    memory: HybridMemory, wiring: str, run: Runner, sid: str
+) -> None:
+    """The webhook stores SM1 and SM2 before SM1's turn runs (the table then interleaves)."""
+    model = scripted("answer 1", "answer 2")
+    agent = ChatAgent(memory, SETTINGS, model=model, wiring=wiring)  # type: ignore[arg-type]
+    memory.add_messages(sid, [HumanMessage("first", id="SM1"), HumanMessage("second", id="SM2")])
+
+    await run(agent, sid, "first", "SM1")
+    await run(agent, sid, "second", "SM2")
+
+    assert [m.id for m in model.received[0][1:]] == ["SM1"]  # not yet the later SM2
+    assert [m.id for m in model.received[1][1:]] == ["SM1", "SM1:1", "SM2"]
+    assert [m.id for m in stored(memory, sid)] == ["SM1", "SM2", "SM1:1", "SM2:1"]
+
+
 async def test_sessions_never_see_each_other(
     memory: HybridMemory, wiring: str, run: Runner
 ) -> None:

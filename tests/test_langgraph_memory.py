@@ -24,6 +24,7 @@ from lc_hybrid_memory.langgraph import (
     HybridMemoryMiddleware,
     MissingSessionIdError,
     agent_turn,
+    in_turn_order,
     plan_turn,
 )
 
@@ -180,6 +181,20 @@ def test_plan_turn_cuts_the_history_before_a_stored_input() -> None:
     assert ids_of(plan.stored) == ["C:1"]
     assert plan.reply is None  # a tool call is not a final answer: the turn is not complete
     assert plan_turn(history, [HumanMessage("a", id="A")]).reply == history[1]
+
+
+def test_in_turn_order_puts_each_turn_after_its_input() -> None:
+    table = [
+        AIMessage("cut off by the window", id="S0:2"),
+        HumanMessage("1", id="S1"),
+        HumanMessage("2", id="S2"),
+        AIMessage("call", id="S1:1", tool_calls=[{"name": "add", "args": {}, "id": "x"}]),
+        AIMessage("2nd answer", id="S2:1"),
+    ]
+    assert ids_of(in_turn_order(table)) == ["S0:2", "S1", "S1:1", "S2", "S2:1"]
+    plan = plan_turn(table, [HumanMessage("2", id="S2")])
+    assert ids_of(plan.context) == ["S0:2", "S1", "S1:1"]
+    assert plan.reply is table[-1]
 
 
 # -- the facts about the naive wirings (issue 3), measured on the installed versions --------------
