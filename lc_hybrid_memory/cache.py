@@ -195,11 +195,18 @@ class MessageCache:
         keys = [self.key(session_id), self.lease_key(session_id)]
         return int(self._append(keys=keys, args=self._append_args(entries)))
 
+    def _keys(self, session_ids: Sequence[str]) -> list[str]:
+        return [k for sid in session_ids for k in (self.key(sid), self.lease_key(sid))]
+
     def invalidate(self, *session_ids: str) -> None:
-        """Drop the lists and leases of these conversations (one slot per DEL)."""
+        """Drop the lists and leases of these conversations (one round trip)."""
+        if len(session_ids) == 1:  # both keys share a slot: one DEL, also on a cluster
+            self.client.delete(*self._keys(session_ids))
+            return
+        # A cluster pipeline takes single-key DELs only; it groups them by node.
         pipe = self.client.pipeline(transaction=False)
-        for session_id in session_ids:
-            pipe.delete(self.key(session_id), self.lease_key(session_id))
+        for key in self._keys(session_ids):
+            pipe.delete(key)
         pipe.execute()
 
     # -- async -------------------------------------------------------------------------------
@@ -230,7 +237,10 @@ class MessageCache:
 
     async def ainvalidate(self, *session_ids: str) -> None:
         """Async :meth:`invalidate`."""
+        if len(session_ids) == 1:
+            await self.async_client.delete(*self._keys(session_ids))
+            return
         pipe = self.async_client.pipeline(transaction=False)
-        for session_id in session_ids:
-            pipe.delete(self.key(session_id), self.lease_key(session_id))
+        for key in self._keys(session_ids):
+            pipe.delete(key)
         await pipe.execute()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,7 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "EmbeddedServers", "free_port"]
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "EmbeddedRedisCluster",
+    "EmbeddedServers",
+    "free_port",
+]
 
 
 def free_port() -> int:
@@ -33,6 +40,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randint(20000, 55000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def _port_open(port: int) -> bool:
@@ -167,6 +193,62 @@ class EmbeddedRedis:
             if _pid_alive(self.pid):
                 os.kill(self.pid, signal.SIGKILL)  # type: ignore[arg-type]
         self.pid = None
+
+
+class EmbeddedRedisCluster:
+    """A real Redis Cluster of ``masters`` redis-server processes on loopback (no replicas)."""
+
+    def __init__(self, data_dir: str | Path, *, masters: int = 3) -> None:
+        self.data_dir = Path(data_dir)
+        self.nodes = [
+            EmbeddedRedis(
+                self.data_dir / f"node{i}",
+                port=free_cluster_port(),
+                extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+            )
+            for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node; cluster clients discover the others."""
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
+        """Start the nodes, assign the 16384 slots, and wait until the cluster is ok."""
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        cli = str(Path(EmbeddedRedis.binary()).with_name("redis-cli"))
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            try:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the embedded Redis Cluster did not become ok")
+                    time.sleep(0.1)
+            finally:
+                client.close()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> EmbeddedRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class EmbeddedPostgres:

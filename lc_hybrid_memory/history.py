@@ -20,7 +20,7 @@ from typing import Any
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, ToolMessage, trim_messages
 from langchain_core.messages.utils import count_tokens_approximately
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import codec
 from .breaker import CircuitBreaker
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 MAX_SESSION_ID_LENGTH = 256
 DEFAULT_WINDOW = 50
+
+# What a failing Redis (or Redis Cluster) raises; RedisClusterException is no RedisError.
+_CACHE_ERRORS = (RedisError, RedisClusterException, OSError)
 
 # Returned by a cache call that did not reach Redis (breaker open, or an error).
 _SKIPPED: Any = object()
@@ -333,7 +336,7 @@ class HybridMemory:
                 self._stats.incr("invalidations", len(dirty))
                 dirty = []
             result = call(cache)
-        except (RedisError, OSError) as exc:
+        except _CACHE_ERRORS as exc:
             self._restore_dirty(dirty)
             self._cache_failed(exc, session_id, write)
             return _SKIPPED
@@ -359,7 +362,7 @@ class HybridMemory:
                 self._stats.incr("invalidations", len(dirty))
                 dirty = []
             result = await call(cache)
-        except (RedisError, OSError) as exc:
+        except _CACHE_ERRORS as exc:
             self._restore_dirty(dirty)
             self._cache_failed(exc, session_id, write)
             return _SKIPPED
