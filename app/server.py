@@ -7,6 +7,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -58,6 +59,8 @@ def migrate_database(database_url: str, revision: str = "head") -> None:
     from alembic import command
     from alembic.config import Config
 
+    # Alembic's plugin set-up chatter is not news at every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -120,6 +123,8 @@ def serve(
     )
     if production:
         return _serve_gunicorn(settings, host, port, workers)
+    # SIGTERM (docker stop, kill) exits like Ctrl-C, so atexit stops the embedded servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from . import create_app
 
     app = create_app(settings)
