@@ -20,26 +20,26 @@ final answer has the highest ``n``. :func:`turn_message_ids` and :func:`is_turn_
 
 Guarantees of :meth:`ChatAgent.run_turn` / :meth:`ChatAgent.arun_turn`
 --------------------------------------------------------------------------
-* The turn is stored once, in one write: the input (unless already stored, e.g. by the app
-  before calling) and every message the agent produced. A turn is only returned after
-  Postgres has it: a failed write raises :class:`~lc_hybrid_memory.StoreUnavailableError`
+* Every message is stored once. The input is made durable *before* the model runs (one
+  write, skipped when the input is already stored, e.g. by the webhook); everything the agent
+  produced is stored after it in one more write. A turn is only returned once Postgres has
+  it: a failed write raises :class:`~lc_hybrid_memory.StoreUnavailableError`
   (``RunnableWithMessageHistory`` alone would only log it).
-* A history that already holds the input shows it to the model once, at its place.
+* A history that already holds the input shows it to the model once, at its place, and not
+  the inbound messages stored after it (their turns come later).
 * A turn already complete in storage returns ``replayed=True`` with the stored answer; the
-  model is not called and nothing is written.
-* If the model (or a tool) raises, the exception propagates and the *input alone* is stored
-  first, so the user's message is never lost; the turn's other messages are not stored, and
-  retrying with the same ``message_id`` runs the turn again. If storing the input fails too,
-  that is logged and the model's exception still propagates.
+  model is not called and nothing is written — even for a turn older than the window.
+* If the model (or a tool) raises, the exception propagates; the input is already stored, the
+  turn's other messages are not, and retrying with the same ``message_id`` runs the turn again
+  (showing the input once).
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from langchain.agents import create_agent
@@ -49,12 +49,14 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from lc_hybrid_memory import HybridMemory, HybridMemoryError
+from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.langgraph import (
     HybridMemoryMiddleware,
+    TurnPlan,
+    abegin_turn,
     agent_turn,
+    begin_turn,
     is_turn_message,
-    plan_turn,
     turn_message_ids,
 )
 
@@ -70,8 +72,6 @@ __all__ = [
     "is_turn_message",
     "turn_message_ids",
 ]
-
-logger = logging.getLogger(__name__)
 
 Wiring = Literal["runnable_with_history", "middleware"]
 
@@ -98,18 +98,19 @@ class _Turn:
     """What one ``run_turn`` shares with the history object ``RunnableWithMessageHistory`` uses.
 
     ``RunnableWithMessageHistory`` builds the history per call and writes it in a callback
-    listener that swallows exceptions; this record is how the write's outcome gets back.
+    listener that swallows exceptions; this record carries the planned turn in and the
+    outcome of the write back out.
     """
 
-    window: list[BaseMessage]
+    plan: TurnPlan
     stored: list[BaseMessage] | None = None
     error: BaseException | None = None
-    written: list[BaseMessage] = field(default_factory=list)
 
 
 class _TurnHistory(BaseChatMessageHistory):
-    """``memory.history(session_id)`` for one turn: serves the window already read, and records
-    the outcome of the write instead of letting the wrapper's listener swallow it."""
+    """``memory.history(session_id)`` for one turn: serves the context already read, skips the
+    input already stored, and records the outcome of the write instead of letting the
+    wrapper's listener swallow it."""
 
     def __init__(self, memory: HybridMemory, session_id: str, turn: _Turn) -> None:
         self.memory = memory
@@ -118,26 +119,36 @@ class _TurnHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        return list(self.turn.window)
+        return list(self.turn.plan.context)
 
     async def aget_messages(self) -> list[BaseMessage]:
-        return list(self.turn.window)
+        return list(self.turn.plan.context)
+
+    def _new(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        durable = {m.id for m in self.turn.plan.inputs}
+        return [m for m in messages if m.id not in durable]
+
+    def _record(self, messages: list[BaseMessage], flags: list[bool]) -> None:
+        produced = [m for m, new in zip(messages, flags, strict=True) if new]
+        self.turn.stored = [*self.turn.plan.written, *produced]
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        new = self._new(messages)
         try:
-            flags = self.memory.add_messages(self.session_id, messages)
+            flags = self.memory.add_messages(self.session_id, new)
         except BaseException as exc:
             self.turn.error = exc
             raise
-        self.turn.stored = [m for m, new in zip(messages, flags, strict=True) if new]
+        self._record(new, flags)
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+        new = self._new(messages)
         try:
-            flags = await self.memory.aadd_messages(self.session_id, messages)
+            flags = await self.memory.aadd_messages(self.session_id, new)
         except BaseException as exc:
             self.turn.error = exc
             raise
-        self.turn.stored = [m for m, new in zip(messages, flags, strict=True) if new]
+        self._record(new, flags)
 
     def clear(self) -> None:
         self.memory.clear(self.session_id)
@@ -197,38 +208,18 @@ class ChatAgent:
     def _session_history(self, session_id: str, turn: _Turn) -> BaseChatMessageHistory:
         return _TurnHistory(self.memory, session_id, turn)
 
-    # -- sync ----------------------------------------------------------------------------------
-
     def run_turn(self, session_id: str, text: str, *, message_id: str | None = None) -> TurnResult:
         """Answer ``text`` in conversation ``session_id`` and store the turn (see module doc)."""
         human = HumanMessage(text, id=message_id or uuid.uuid4().hex)
         config: RunnableConfig = {"configurable": {"session_id": session_id}}
-        try:
-            if self.chain is None:
-                state = self.graph.invoke({"messages": [human]}, config)
-                return self._from_state(state)
-            window = self.memory.get_messages(session_id, self.window)
-            replay = self._replay(window, human)
-            if replay is not None:
-                return replay
-            turn = _Turn(window=window)
-            config["configurable"]["turn"] = turn
-            output = self.chain.invoke({"messages": [human]}, config)
-        except HybridMemoryError:  # storage trouble (or a bad session id): nothing to keep
-            raise
-        except Exception:
-            if self.chain is not None:  # (the middleware keeps the input itself)
-                self._keep_input(session_id, human)
-            raise
-        return self._checked(turn, output)
-
-    def _keep_input(self, session_id: str, human: HumanMessage) -> None:
-        try:
-            self.memory.add_messages(session_id, [human])
-        except HybridMemoryError:
-            logger.exception("could not store the input %s after the turn failed", human.id)
-
-    # -- async ---------------------------------------------------------------------------------
+        if self.chain is None:
+            return self._from_state(self.graph.invoke({"messages": [human]}, config))
+        plan = begin_turn(self.memory, session_id, [human], self.window)
+        if plan.reply is not None:
+            return TurnResult(reply=plan.reply.text, new_messages=[], replayed=True)
+        turn = _Turn(plan)
+        config["configurable"]["turn"] = turn
+        return self._checked(turn, self.chain.invoke({"messages": [human]}, config))
 
     async def arun_turn(
         self, session_id: str, text: str, *, message_id: str | None = None
@@ -236,39 +227,14 @@ class ChatAgent:
         """Async :meth:`run_turn`."""
         human = HumanMessage(text, id=message_id or uuid.uuid4().hex)
         config: RunnableConfig = {"configurable": {"session_id": session_id}}
-        try:
-            if self.chain is None:
-                state = await self.graph.ainvoke({"messages": [human]}, config)
-                return self._from_state(state)
-            window = await self.memory.aget_messages(session_id, self.window)
-            replay = self._replay(window, human)
-            if replay is not None:
-                return replay
-            turn = _Turn(window=window)
-            config["configurable"]["turn"] = turn
-            output = await self.chain.ainvoke({"messages": [human]}, config)
-        except HybridMemoryError:  # storage trouble (or a bad session id): nothing to keep
-            raise
-        except Exception:
-            if self.chain is not None:
-                await self._akeep_input(session_id, human)
-            raise
-        return self._checked(turn, output)
-
-    async def _akeep_input(self, session_id: str, human: HumanMessage) -> None:
-        try:
-            await self.memory.aadd_messages(session_id, [human])
-        except HybridMemoryError:
-            logger.exception("could not store the input %s after the turn failed", human.id)
-
-    # -- shared --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _replay(window: list[BaseMessage], human: HumanMessage) -> TurnResult | None:
-        reply = plan_turn(window, [human]).reply
-        if reply is None:
-            return None
-        return TurnResult(reply=reply.text, new_messages=[], replayed=True)
+        if self.chain is None:
+            return self._from_state(await self.graph.ainvoke({"messages": [human]}, config))
+        plan = await abegin_turn(self.memory, session_id, [human], self.window)
+        if plan.reply is not None:
+            return TurnResult(reply=plan.reply.text, new_messages=[], replayed=True)
+        turn = _Turn(plan)
+        config["configurable"]["turn"] = turn
+        return self._checked(turn, await self.chain.ainvoke({"messages": [human]}, config))
 
     @staticmethod
     def _checked(turn: _Turn, output: list[BaseMessage]) -> TurnResult:

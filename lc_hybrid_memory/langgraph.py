@@ -3,15 +3,17 @@
 An optional part of the library: it needs ``langchain`` (>= 1.0) and ``langgraph``, which the
 core package does not require, so nothing else in ``lc_hybrid_memory`` imports this module.
 
-Two wirings share the turn logic below (:func:`plan_turn`, :func:`assign_turn_ids`) and the
-storage (:meth:`HybridMemory.add_messages`, one INSERT + one cache script per turn):
+Two wirings share the turn logic below (:func:`plan_turn`, :func:`begin_turn`,
+:func:`assign_turn_ids`) and the storage (:meth:`HybridMemory.add_messages`: one INSERT and one
+cache script per write):
 
 * :func:`agent_turn` wraps a compiled agent graph as a runnable for the (deprecated)
   ``RunnableWithMessageHistory`` with ``input_messages_key="messages"`` and
   ``history_messages_key="history"``. It returns only the new messages of the turn, so the
   wrapper stores exactly those (and not the whole conversation again).
 * :class:`HybridMemoryMiddleware` is an ``AgentMiddleware`` for ``create_agent``: it loads the
-  window before the agent runs and stores the turn after it, with no wrapper at all.
+  window and makes the input durable before the model runs (:func:`begin_turn`), and stores
+  the turn's messages after it, with no wrapper at all.
 
 Message ids (the idempotency scheme)
 ------------------------------------
@@ -30,19 +32,20 @@ final answer is the highest ``n``. Consequences:
   (replayed) without calling the model.
 
 Messages without ids get fresh ones from LangGraph; such a turn cannot be recognised when
-retried. Replays are recognised within the loaded window (``window`` messages); an older
-retried turn is still never stored twice (same ids), but its model call runs again.
+retried. :func:`begin_turn` recognises a retried turn whatever its age: an input missing from
+the window is written at once, and only if the store already held it (a turn older than the
+window) is the whole conversation read to find the turn.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any
 
-from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage
+from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
 from langchain_core.messages.utils import convert_to_messages
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
@@ -61,11 +64,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 if TYPE_CHECKING:
-    from langchain.agents.middleware import ModelRequest, ModelResponse
-    from langchain_core.messages import ToolMessage
-    from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.runtime import Runtime
-    from langgraph.types import Command
 
     from .history import HybridMemory
 
@@ -73,16 +72,16 @@ __all__ = [
     "HybridMemoryMiddleware",
     "MissingSessionIdError",
     "TurnPlan",
+    "abegin_turn",
     "agent_turn",
     "assign_turn_ids",
+    "begin_turn",
     "in_turn_order",
     "is_turn_message",
     "plan_turn",
     "turn_message_id",
     "turn_message_ids",
 ]
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 50
 
@@ -150,6 +149,10 @@ class TurnPlan:
     """The id the turn's other message ids derive from: the last input's id."""
     stored: list[BaseMessage] = field(default_factory=list)
     """Messages of this turn already in storage, in order (a retried turn)."""
+    found: bool = False
+    """Whether the input was found in the history (stored before)."""
+    written: list[BaseMessage] = field(default_factory=list)
+    """Inputs :func:`begin_turn` has just stored (they were not stored before)."""
 
     @property
     def reply(self) -> AIMessage | None:
@@ -209,13 +212,66 @@ def plan_turn(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> 
     if position is None:
         return TurnPlan(context=ordered, inputs=inputs, anchor=anchor)
     produced = [m for m in ordered[position:] if _turn_index(anchor, m) is not None]
-    return TurnPlan(context=ordered[:position], inputs=inputs, anchor=anchor, stored=produced)
+    return TurnPlan(
+        context=ordered[:position], inputs=inputs, anchor=anchor, stored=produced, found=True
+    )
+
+
+def _tail(messages: list[BaseMessage], window: int | None) -> list[BaseMessage]:
+    """The last ``window`` messages, not starting with tool results cut from their call."""
+    if window is None:
+        return messages
+    tail = messages[-window:]
+    while tail and isinstance(tail[0], ToolMessage):
+        tail = tail[1:]
+    return tail
+
+
+def begin_turn(
+    memory: HybridMemory,
+    session_id: str,
+    inputs: Sequence[BaseMessage],
+    window: int | None = DEFAULT_WINDOW,
+) -> TurnPlan:
+    """Load the turn's context and make its input durable before any model runs.
+
+    Reads the last ``window`` messages. If the input is among them (the caller stored it
+    first, or the turn is retried) nothing is written. Otherwise the input is stored now, so
+    a model that fails or a process that dies mid-turn never loses the user's message; if the
+    store already held it (a turn older than the window), the whole conversation is read once
+    to find that turn. Raises :class:`~lc_hybrid_memory.errors.StoreUnavailableError`.
+    """
+    plan = plan_turn(memory.get_messages(session_id, window), inputs)
+    if plan.found:
+        return plan
+    flags = memory.add_messages(session_id, plan.inputs)
+    written = [m for m, new in zip(plan.inputs, flags, strict=True) if new]
+    if all(flags):
+        return replace(plan, written=written)
+    whole = plan_turn(memory.get_messages(session_id, None), plan.inputs)
+    return replace(whole, context=_tail(whole.context, window), written=written)
+
+
+async def abegin_turn(
+    memory: HybridMemory,
+    session_id: str,
+    inputs: Sequence[BaseMessage],
+    window: int | None = DEFAULT_WINDOW,
+) -> TurnPlan:
+    """Async :func:`begin_turn`."""
+    plan = plan_turn(await memory.aget_messages(session_id, window), inputs)
+    if plan.found:
+        return plan
+    flags = await memory.aadd_messages(session_id, plan.inputs)
+    written = [m for m, new in zip(plan.inputs, flags, strict=True) if new]
+    if all(flags):
+        return replace(plan, written=written)
+    whole = plan_turn(await memory.aget_messages(session_id, None), plan.inputs)
+    return replace(whole, context=_tail(whole.context, window), written=written)
 
 
 def _with_ids(inputs: Sequence[BaseMessage]) -> list[BaseMessage]:
     """The input messages, each with an id (a fresh one where the caller gave none)."""
-    import uuid
-
     return [m if m.id else m.model_copy(update={"id": uuid.uuid4().hex}) for m in inputs]
 
 
@@ -291,16 +347,14 @@ class HybridMemoryState(AgentState):  # type: ignore[type-arg]
 class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
     """Hybrid memory as a native ``create_agent`` middleware (no ``RunnableWithMessageHistory``).
 
-    Before the agent runs it loads the conversation's last ``window`` messages (Redis, else
-    Postgres) in front of the input; after it, it stores the input and every message of the
-    turn with the derived ids in one write. A failed write raises
-    :class:`~lc_hybrid_memory.errors.StoreUnavailableError` out of ``invoke``/``ainvoke``: no
-    turn is reported successful unless it is in Postgres. A turn already complete in storage
-    ends at once with the stored messages (``memory_turn["replayed"]`` is true); the model is
-    not called. If the model or a tool raises, the exception propagates after the input alone
-    has been stored, so the user's message is never lost (a retry with the same id runs the
-    turn again and shows the input once); a failure to store it then is only logged, as the
-    original exception is the one to report.
+    Before the agent runs, :func:`begin_turn` loads the conversation's last ``window`` messages
+    (Redis, else Postgres) in front of the input and stores the input unless it is already
+    stored — so a failing model or tool, or a crash mid-turn, never loses the user's message.
+    After the agent, every message of the turn is stored with the derived ids in one write. A
+    failed write raises :class:`~lc_hybrid_memory.errors.StoreUnavailableError` out of
+    ``invoke``/``ainvoke``: no turn is reported successful unless it is in Postgres. A turn
+    already complete in storage ends at once with the stored messages
+    (``memory_turn["replayed"]`` is true); the model is not called.
 
     The session id is read from the run context (``context={"session_id": ...}`` or an
     object with a ``session_id`` attribute), else from ``config["configurable"]["session_id"]``.
@@ -350,11 +404,10 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
             )
         return str(session_id)
 
-    # The state update that puts the stored window in front of the input.
     @staticmethod
-    def _load(history: list[BaseMessage], state: HybridMemoryState) -> dict[str, Any]:
-        inputs = list(state["messages"])  # LangGraph has given each an id by now
-        plan = plan_turn(history, inputs)
+    def _load(plan: TurnPlan) -> dict[str, Any]:
+        """The state update that puts the stored context in front of the input."""
+        written = [m.id for m in plan.written]
         if plan.reply is not None:
             return {
                 "messages": [
@@ -363,7 +416,7 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
                     *plan.inputs,
                     *plan.stored,
                 ],
-                "memory_turn": {"replayed": True, "stored_ids": []},
+                "memory_turn": {"replayed": True, "stored_ids": written},
                 "hybrid_memory_plan": {"replayed": True},
                 "jump_to": "end",
             }
@@ -371,144 +424,67 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
             "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *plan.context, *plan.inputs],
             "hybrid_memory_plan": {
                 "replayed": False,
-                "start": len(plan.context),
-                "inputs": len(plan.inputs),
+                "end_of_inputs": len(plan.context) + len(plan.inputs),
                 "anchor": plan.anchor,
+                "written": written,
             },
         }
 
     @staticmethod
-    def _turn(state: HybridMemoryState) -> tuple[list[BaseMessage], list[BaseMessage]] | None:
-        """The inputs and the renamed new messages, or ``None`` when nothing is to be stored."""
+    def _produced(state: HybridMemoryState) -> list[BaseMessage] | None:
+        """The turn's new messages with their derived ids (``None``: nothing to store)."""
         plan = state.get("hybrid_memory_plan")
         if not plan or plan.get("replayed"):
             return None
-        messages = state["messages"]
-        end_of_inputs = plan["start"] + plan["inputs"]
-        inputs = list(messages[plan["start"] : end_of_inputs])
-        return inputs, assign_turn_ids(plan["anchor"], messages[end_of_inputs:])
+        return assign_turn_ids(plan["anchor"], state["messages"][plan["end_of_inputs"] :])
 
     @staticmethod
     def _stored(
-        state: HybridMemoryState,
-        inputs: list[BaseMessage],
-        new: list[BaseMessage],
-        flags: list[bool],
+        state: HybridMemoryState, produced: list[BaseMessage], flags: list[bool]
     ) -> dict[str, Any]:
         plan = state["hybrid_memory_plan"]
-        end_of_inputs = plan["start"] + plan["inputs"]
-        written = [m.id for m, was_new in zip([*inputs, *new], flags, strict=True) if was_new]
+        new = [m.id for m, was_new in zip(produced, flags, strict=True) if was_new]
         return {
             "messages": [
                 RemoveMessage(id=REMOVE_ALL_MESSAGES),
-                *state["messages"][:end_of_inputs],
-                *new,
+                *state["messages"][: plan["end_of_inputs"]],
+                *produced,
             ],
-            "memory_turn": {"replayed": False, "stored_ids": written},
+            "memory_turn": {"replayed": False, "stored_ids": [*plan["written"], *new]},
         }
+
+    @staticmethod
+    def _inputs(state: HybridMemoryState) -> list[BaseMessage]:
+        return list(state["messages"])  # LangGraph has given each an id by now
 
     @hook_config(can_jump_to=["end"])
     def before_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
-        """Put the stored window in front of the input (or end a complete turn at once)."""
-        history = self.memory.get_messages(self._session_id(runtime), self.window)
-        return self._load(history, state)
+        """Load the context, make the input durable (or end a complete turn at once)."""
+        sid = self._session_id(runtime)
+        return self._load(begin_turn(self.memory, sid, self._inputs(state), self.window))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(
         self, state: HybridMemoryState, runtime: Runtime[Any]
     ) -> dict[str, Any]:
         """Async :meth:`before_agent`."""
-        history = await self.memory.aget_messages(self._session_id(runtime), self.window)
-        return self._load(history, state)
+        sid = self._session_id(runtime)
+        return self._load(await abegin_turn(self.memory, sid, self._inputs(state), self.window))
 
     def after_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Store the input and the turn's messages (derived ids) in one write; raise on failure."""
-        turn = self._turn(state)
-        if turn is None:
+        """Store the turn's messages (derived ids) in one write; raise if it fails."""
+        produced = self._produced(state)
+        if produced is None:
             return None
-        inputs, new = turn
-        flags = self.memory.add_messages(self._session_id(runtime), [*inputs, *new])
-        return self._stored(state, inputs, new, flags)
+        flags = self.memory.add_messages(self._session_id(runtime), produced)
+        return self._stored(state, produced, flags)
 
     async def aafter_agent(
         self, state: HybridMemoryState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
         """Async :meth:`after_agent`."""
-        turn = self._turn(state)
-        if turn is None:
+        produced = self._produced(state)
+        if produced is None:
             return None
-        inputs, new = turn
-        flags = await self.memory.aadd_messages(self._session_id(runtime), [*inputs, *new])
-        return self._stored(state, inputs, new, flags)
-
-    # -- a failed model or tool call: keep the user's message -----------------------------------
-
-    def _inputs(self, state: Any) -> list[BaseMessage]:
-        plan = state.get("hybrid_memory_plan") if isinstance(state, dict) else None
-        if not plan or plan.get("replayed"):
-            return []
-        return list(state["messages"][plan["start"] : plan["start"] + plan["inputs"]])
-
-    def _keep_inputs(self, state: Any, runtime: Any) -> None:
-        inputs = self._inputs(state)
-        if not inputs:
-            return
-        try:
-            self.memory.add_messages(self._session_id(runtime), inputs)
-        except HybridMemoryError:
-            logger.exception("could not store the input of a failed turn")
-
-    async def _akeep_inputs(self, state: Any, runtime: Any) -> None:
-        inputs = self._inputs(state)
-        if not inputs:
-            return
-        try:
-            await self.memory.aadd_messages(self._session_id(runtime), inputs)
-        except HybridMemoryError:
-            logger.exception("could not store the input of a failed turn")
-
-    def wrap_model_call(
-        self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse]
-    ) -> ModelResponse:
-        """Call the model; if it raises, store the turn's input before re-raising."""
-        try:
-            return handler(request)
-        except Exception:
-            self._keep_inputs(request.state, request.runtime)
-            raise
-
-    async def awrap_model_call(
-        self,
-        request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse]],
-    ) -> ModelResponse:
-        """Async :meth:`wrap_model_call`."""
-        try:
-            return await handler(request)
-        except Exception:
-            await self._akeep_inputs(request.state, request.runtime)
-            raise
-
-    def wrap_tool_call(
-        self,
-        request: ToolCallRequest,
-        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
-    ) -> ToolMessage | Command[Any]:
-        """Run the tool; if it raises, store the turn's input before re-raising."""
-        try:
-            return handler(request)
-        except Exception:
-            self._keep_inputs(request.state, request.runtime)
-            raise
-
-    async def awrap_tool_call(
-        self,
-        request: ToolCallRequest,
-        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
-    ) -> ToolMessage | Command[Any]:
-        """Async :meth:`wrap_tool_call`."""
-        try:
-            return await handler(request)
-        except Exception:
-            await self._akeep_inputs(request.state, request.runtime)
-            raise
+        flags = await self.memory.aadd_messages(self._session_id(runtime), produced)
+        return self._stored(state, produced, flags)

@@ -206,6 +206,23 @@ async def test_replaying_a_turn_stores_nothing_and_does_not_call_the_model(
     assert memory.stats()["duplicates_skipped"] == 0  # not even a write was attempted
 
 
+async def test_replaying_a_turn_older_than_the_window(
+    memory: HybridMemory, wiring: str, run: Runner, sid: str
+) -> None:
+    model = scripted("answer 1", "answer 2", "answer 3")
+    narrow = Settings(memory_window=2)
+    agent = ChatAgent(memory, narrow, model=model, wiring=wiring)  # type: ignore[arg-type]
+    for n in (1, 2, 3):
+        await run(agent, sid, f"message {n}", f"SM{n}")
+    rows = stored(memory, sid)
+
+    again = await run(agent, sid, "message 1", "SM1")  # SM1 is far outside the window
+
+    assert again == TurnResult(reply="answer 1", new_messages=[], replayed=True)
+    assert len(model.received) == 3
+    assert stored(memory, sid) == rows
+
+
 async def test_input_stored_by_the_app_first_is_seen_and_stored_once(
     memory: HybridMemory, wiring: str, run: Runner, sid: str
 ) -> None:
@@ -303,8 +320,8 @@ async def test_postgres_down_during_the_write_reaches_the_caller(
                     await Runner(mode)(agent, sid, "hello", "SM1")
             finally:
                 postgres.start()
-            # Nothing of the turn is in Postgres; the retry stores it once.
-            assert stored(down_memory, sid) == []
+            # Only the input (made durable before the model ran) is in Postgres.
+            assert shape(stored(down_memory, sid)) == [("HumanMessage", "SM1")]
             agent = ChatAgent(down_memory, SETTINGS, model=scripted("ok"), wiring=wiring)  # type: ignore[arg-type]
             result = await Runner(mode)(agent, sid, "hello", "SM1")
             assert result.reply == "ok"
