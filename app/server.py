@@ -108,6 +108,11 @@ def serve(
     workers: int = 2,
 ) -> int:
     """Run the webhook app: Flask's server (dev) or gunicorn (``--production``)."""
+    if production and not (settings.database_url and settings.redis_url):
+        # The embedded servers belong to the process that started them; gunicorn's forked
+        # workers would inherit (and on exit run) their shutdown. Production has real servers.
+        logger.error("--production needs DATABASE_URL and REDIS_URL (embedded servers are for dev)")
+        return 2
     settings, urls = _resolved(settings)
     host = host or settings.host
     port = port or settings.port
