@@ -258,6 +258,10 @@ class TurnCoordinator:
             if head is None:
                 return
             sid = head.decode()
+            if until is not None and sid != until:
+                own = self.record(conversation_id, until)
+                if own is None or own.finished:
+                    return  # ours is done (another request ran it): the rest is theirs
             record = self.record(conversation_id, sid)
             if record is not None and not record.finished:
                 record = self._run(conversation_id, sid, record.body)

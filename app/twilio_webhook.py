@@ -35,7 +35,7 @@ from .conversations import Address
 from .observability import Stopwatch
 from .services import Services
 from .settings import Settings
-from .turns import split_reply
+from .turns import TurnStatus, split_reply
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +277,6 @@ def _reply_inline(svc: Services, conversation_id: str, message_sid: str, is_new:
         )
         return _counted(svc, "busy", twiml())
     outcome = "replied" if is_new else "duplicate"
-    if record.status.value == "failed":
+    if record.status is TurnStatus.FAILED:
         outcome = "apology"
     return _counted(svc, outcome, twiml(*split_reply(record.reply)))

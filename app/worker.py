@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any
 
+import sqlalchemy as sa
 from rq import Retry, SimpleWorker
 from twilio.base.exceptions import TwilioRestException
 
@@ -61,6 +62,11 @@ class ReplySender:
         conversation = self.conversation
         metrics = self.services.metrics
         log = {"conversation_id": conversation.id, "message_sid": message_sid}
+        answer_uid = self._delivered_answer(message_sid)
+        if answer_uid is True:
+            # Postgres says this reply went out (its turn state in Redis was lost or expired).
+            logger.info("reply already delivered; not sending it again", extra=log)
+            return
         parts = split_reply(record.reply)
         # Sender: the Messaging Service when the inbound came through one, else our number.
         origin: dict[str, str] = (
@@ -89,6 +95,8 @@ class ReplySender:
                 raise  # transient: the job fails, RQ retries it, the turn stays queued
             # Recorded after each part: a retried job resends nothing that went out.
             self.services.turns.mark_sent(conversation.id, message_sid, index + 1)
+            if index == len(parts) - 1 and isinstance(answer_uid, str):
+                self._record_delivery(answer_uid, getattr(message, "sid", None) or "sent")
             outcome = "apology" if record.status is TurnStatus.FAILED else "sent"
             metrics.replies_sent.labels(outcome=outcome).inc()
             logger.info(
@@ -98,6 +106,40 @@ class ReplySender:
                 getattr(message, "sid", "?"),
                 extra=log,
             )
+
+    # -- the durable delivery mark: provider_sid of the stored answer -------------------------
+
+    def _delivered_answer(self, message_sid: str) -> bool | str | None:
+        """``True`` if the turn's stored answer carries a Twilio sid (it was sent), else the
+        answer's message uid to mark after sending (``None``: nothing stored to mark)."""
+        table = self.services.memory.store.table
+        if "provider_sid" not in table.c or "message_uid" not in table.c:
+            return None
+        c = table.c
+        # The turn's messages have ids "<MessageSid>:<n>"; the answer is the last one stored.
+        stmt = (
+            sa.select(c.message_uid, c.provider_sid)
+            .where(c.conversation_id == self.conversation.id)
+            .where(c.message_uid.startswith(f"{message_sid}:", autoescape=True))
+            .order_by(c.id.desc())
+            .limit(1)
+        )
+        with self.services.memory.store.engine.connect() as conn:
+            row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return None  # a failed turn (apology): nothing stored to mark
+        return True if row.provider_sid else row.message_uid
+
+    def _record_delivery(self, answer_uid: str, twilio_sid: str) -> None:
+        c = self.services.memory.store.table.c
+        stmt = (
+            sa.update(self.services.memory.store.table)
+            .where(c.conversation_id == self.conversation.id)
+            .where(c.message_uid == answer_uid)
+            .values(provider_sid=twilio_sid)
+        )
+        with self.services.memory.store.engine.begin() as conn:
+            conn.execute(stmt)
 
 
 def process_conversation(conversation_id: str) -> int:

@@ -177,3 +177,23 @@ def test_a_crashed_workers_lock_expires_and_the_next_job_takes_over(harness: App
 
     assert harness.http.sent_bodies == ["recovered"]
     assert 1.0 < time.monotonic() - started < 5
+
+
+def test_a_retry_after_the_redis_state_is_lost_is_not_sent_twice(harness: AppHarness) -> None:
+    model = fake_model("delivered once")
+    app = async_app(harness, model)
+    client = app.test_client()
+    fields = form("hello")
+    post_signed(client, fields)
+    work(app)
+    # Redis lost the turn states (restart without persistence, or they expired).
+    for key in harness.redis.scan_iter(match=f"{harness.settings.redis_prefix}turn:*"):
+        harness.redis.delete(key)
+
+    assert replies(post_signed(client, fields)) == []
+    work(app)
+
+    assert len(model.calls) == 1  # replayed from Postgres
+    assert harness.http.sent_bodies == ["delivered once"]  # Postgres knew it was delivered
+    answer = next(r for r in harness.rows() if r["message_uid"] == fields["MessageSid"] + ":1")
+    assert answer["provider_sid"].startswith("SM")

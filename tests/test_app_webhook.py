@@ -250,12 +250,9 @@ def test_messages_of_one_conversation_run_one_turn_at_a_time_in_order(
     assert len(model.calls) == 4
     spans = sorted((call["started"], call["ended"]) for call in model.calls)
     assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))
-    # Turns ran in arrival order, each answering its own message after the earlier ones.
-    # (The agent shows a turn the history up to its own message; replies to earlier messages
-    # stored after it are not in that context: see the report on plan_turn.)
+    # Turns ran in arrival order, and each saw the earlier turns with their answers.
     for n in range(4):
-        seen = [t for t in model.texts_seen(n) if t.startswith("m")]
-        assert seen == [f"m{i}" for i in range(n + 1)]
+        assert model.texts_seen(n) == [t for i in range(n) for t in (f"m{i}", f"r{i}")] + [f"m{n}"]
     assert sorted(reply for parts in results.values() for reply in parts) == [
         "r0",
         "r1",
