@@ -1,0 +1,128 @@
+"""Interleaved timing (A B A B …, rotating the order each round) and round-trip counting."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .impls import Runner
+from .proxy import CountingProxy
+
+
+@dataclass
+class Budget:
+    calls: int  # rounds at most
+    seconds: float  # wall time per implementation and cell (after min_calls)
+    min_calls: int
+    warmup: int
+
+
+@dataclass
+class Cell:
+    scenario: str
+    length: int
+    impl: str
+    n: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    memory_p50_ms: float | None = None  # turn: time spent in the history object
+    memory_p99_ms: float | None = None
+
+
+def _stats(values: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(values) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.mean())
+
+
+def time_cell(scenario: str, length: int, runners: dict[str, Runner], budget: Budget) -> list[Cell]:
+    """Time every runner of one (scenario, length), interleaved."""
+    for runner in runners.values():
+        for _ in range(budget.warmup if not runner.heavy else 1):
+            runner.before()
+            runner.call()
+            runner.after()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    memory: dict[str, list[float]] = {name: [] for name in runners}
+    wall = dict.fromkeys(runners, 0.0)
+    active = list(runners)
+    gc.collect()
+    rounds = 0
+    while active and rounds < budget.calls:
+        shift = rounds % len(active)
+        for name in active[shift:] + active[:shift]:
+            runner = runners[name]
+            w0 = time.perf_counter()
+            runner.before()
+            t0 = time.perf_counter()
+            runner.call()
+            t1 = time.perf_counter()
+            runner.after()
+            wall[name] += time.perf_counter() - w0
+            samples[name].append(t1 - t0)
+            memory[name].append(runner.clock[0])
+        rounds += 1
+        active = [
+            name
+            for name in active
+            if len(samples[name]) < budget.min_calls or wall[name] < budget.seconds
+        ]
+    cells = []
+    for name, values in samples.items():
+        p50, p99, mean = _stats(values)
+        cell = Cell(scenario, length, name, len(values), p50, p99, mean)
+        if scenario == "turn" and any(memory[name]):
+            cell.memory_p50_ms, cell.memory_p99_ms, _ = _stats(memory[name])
+        cells.append(cell)
+    return cells
+
+
+@dataclass
+class RoundTrips:
+    scenario: str
+    length: int
+    impl: str
+    calls: int
+    redis: float
+    sql: float
+    connections: float
+
+
+def count_cell(
+    scenario: str,
+    length: int,
+    runners: dict[str, Runner],
+    redis_proxy: CountingProxy,
+    pg_proxy: CountingProxy,
+    calls: int,
+) -> list[RoundTrips]:
+    """Round trips per call of each runner (its clients go through the proxies)."""
+    out = []
+    for name, runner in runners.items():
+        n = 2 if runner.heavy else calls
+        for _ in range(2):  # connect, load scripts, prepare: steady state only
+            runner.before()
+            runner.call()
+            runner.after()
+        r0, p0 = redis_proxy.snapshot(), pg_proxy.snapshot()
+        for _ in range(n):
+            runner.before()
+            runner.call()
+            runner.after()
+        time.sleep(0.02)  # let the pump threads see the last replies
+        r1, p1 = redis_proxy.snapshot(), pg_proxy.snapshot()
+        out.append(
+            RoundTrips(
+                scenario,
+                length,
+                name,
+                n,
+                (r1.round_trips - r0.round_trips) / n,
+                (p1.round_trips - p0.round_trips) / n,
+                (r1.connections - r0.connections + p1.connections - p0.connections) / n,
+            )
+        )
+    return out

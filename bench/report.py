@@ -1,0 +1,295 @@
+"""Results as JSON, Markdown tables (with the targets of issue 5) and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .impls import LABELS, SCENARIOS
+from .measure import Cell, RoundTrips
+
+ORDER = list(LABELS)
+OTHERS = ("lc_redis", "lc_sql", "lc_pg")
+
+
+def _index(cells: list[Cell]) -> dict[tuple[str, int, str], Cell]:
+    return {(c.scenario, c.length, c.impl): c for c in cells}
+
+
+def _fmt(ms: float) -> str:
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    return f"{ms:.2f}"
+
+
+def targets(cells: list[Cell], rts: list[RoundTrips], lengths: list[int]) -> list[dict[str, Any]]:
+    """Each target of the issue: measured value, limit, met or missed."""
+    c = _index(cells)
+    out: list[dict[str, Any]] = []
+
+    def p50(s: str, n: int, impl: str) -> float | None:
+        cell = c.get((s, n, impl))
+        return cell.p50_ms if cell else None
+
+    def add(name: str, value: float | None, limit: float, *, at_least: bool = False, note=""):
+        if value is None:
+            return
+        met = value >= limit if at_least else value <= limit
+        out.append(
+            {"target": name, "value": round(value, 3), "limit": limit, "met": met, "note": note}
+        )
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    base = 50 if 50 in lengths else lengths[0]
+    longest = max(lengths)
+    add(
+        f"warm read of {base} ≤ 1.1× bare LRANGE + messages_from_dict (p50 ratio)",
+        ratio(p50("warm", base, "ours"), p50("warm", base, "floor_lrange")),
+        1.1,
+    )
+    add(
+        f"warm read of {base} vs one bare LRANGE round trip, no decode (p50 ratio, info)",
+        ratio(p50("warm", base, "ours"), p50("warm", base, "floor_rtt")),
+        float("inf"),
+    )
+    for n in lengths:
+        add(
+            f"a turn's write ≤ 1.15× bare INSERT + RPUSHX, {n} messages (p50 ratio)",
+            ratio(p50("write", n, "ours"), p50("write", n, "floor_write")),
+            1.15,
+        )
+    add(
+        f"a miss ≤ 1.2× bare indexed SELECT + fill, {base} messages (p50 ratio)",
+        ratio(p50("cold", base, "ours"), p50("cold", base, "floor_miss")),
+        1.2,
+    )
+    if longest == base:
+        longest = 0  # nothing to compare (smoke runs)
+    add(
+        f"flat: warm read at {longest} / at {base} messages ≤ 1.2 (p50 ratio)",
+        ratio(p50("warm", longest, "ours"), p50("warm", base, "ours")),
+        1.2,
+    )
+    add(
+        f"flat: cold read at {longest} / at {base} messages ≤ 1.2 (p50 ratio)",
+        ratio(p50("cold", longest, "ours"), p50("cold", base, "ours")),
+        1.2,
+    )
+    add(
+        f"flat: cold read of {base}, big table / table without background rows ≤ 1.2",
+        ratio(p50("cold", base, "ours"), p50("cold", base, "ours_empty")),
+        1.2,
+    )
+    if 5000 in lengths:
+        for scenario in ("warm", "new_object", "turn"):
+            for other in OTHERS:
+                add(
+                    f"{scenario} at 5000: {other} / ours ≥ 50× (p50 ratio)",
+                    ratio(p50(scenario, 5000, other), p50(scenario, 5000, "ours")),
+                    50,
+                    at_least=True,
+                )
+    for n in lengths:
+        best = [v for v in (p50("warm", n, o) for o in OTHERS) if v is not None]
+        if best:
+            add(
+                f"window=None at {n}: ours_full / best other ≤ 1 (warm p50 ratio)",
+                ratio(p50("warm", n, "ours_full"), min(best)),
+                1.0,
+            )
+    for rt in rts:
+        if rt.scenario == "construct" and rt.impl == "ours":
+            add(
+                "a history object costs no round trip (redis + sql per call)",
+                rt.redis + rt.sql,
+                0.0,
+            )
+            break
+    for n in lengths:
+        cell = c.get(("turn", n, "ours"))
+        if cell and cell.memory_p99_ms is not None:
+            add(
+                f"memory layer adds < 2 ms p99 to a turn, {n} messages (ms)",
+                cell.memory_p99_ms,
+                2.0,
+            )
+    return out
+
+
+def markdown(
+    cells: list[Cell], rts: list[RoundTrips], tg: list[dict[str, Any]], meta: dict[str, Any]
+) -> str:
+    c = _index(cells)
+    lengths = sorted({cell.length for cell in cells})
+    lines = [f"Run: {meta['date']} — {meta['mode']}", ""]
+    lines += [f"- machine: {meta['machine']}", f"- servers: {meta['servers']}"]
+    lines += [f"- versions: {meta['versions']}", f"- data: {meta['data']}"]
+    lines += [
+        f"- load average before / after: {meta.get('load_before')} / {meta.get('load_after')}"
+        f" (the machine is shared); total run {meta.get('seconds')} s",
+        "",
+    ]
+    lines += ["Latency per call, milliseconds, **p50 / p99** (interleaved in one run).", ""]
+    for scenario, title in SCENARIOS.items():
+        impls = [i for i in ORDER if any((scenario, n, i) in c for n in lengths)]
+        if not impls:
+            continue
+        lines += [f"#### {title}", ""]
+        lines.append("| implementation | " + " | ".join(f"{n:,}" for n in lengths) + " |")
+        lines.append("|---|" + "---:|" * len(lengths))
+        for impl in impls:
+            row = []
+            for n in lengths:
+                cell = c.get((scenario, n, impl))
+                if cell is None:
+                    row.append("")
+                    continue
+                text = f"{_fmt(cell.p50_ms)} / {_fmt(cell.p99_ms)}"
+                if cell.n < 100:
+                    text += f" (n={cell.n})"
+                row.append(text)
+            lines.append(f"| {LABELS[impl]} | " + " | ".join(row) + " |")
+        if scenario == "turn":
+            mem = [
+                f"{n:,}: {_fmt(c[('turn', n, 'ours')].memory_p50_ms)} / "
+                f"{_fmt(c[('turn', n, 'ours')].memory_p99_ms)}"
+                for n in lengths
+                if ("turn", n, "ours") in c and c[("turn", n, "ours")].memory_p99_ms is not None
+            ]
+            if mem:
+                lines += [
+                    "",
+                    "Time inside the memory layer per turn (ours, p50 / p99 ms): " + "; ".join(mem),
+                ]
+        lines.append("")
+    if rts:
+        rt_lengths = sorted({r.length for r in rts})
+        idx = {(r.scenario, r.length, r.impl): r for r in rts}
+        scen = [s for s in SCENARIOS if any(r.scenario == s for r in rts)]
+        at = " / ".join(f"{n:,}" for n in rt_lengths)
+        lines += [
+            "#### Round trips per call: Redis + SQL (counting proxy on the wire)",
+            "",
+            f"One figure when equal at {at} messages, else one per length; `+k conn` = new "
+            "TCP connections per call.",
+            "",
+            "| implementation | " + " | ".join(scen) + " |",
+            "|---|" + "---:|" * len(scen),
+        ]
+        for impl in ORDER:
+            row, seen = [], False
+            for s in scen:
+                texts = []
+                for n in rt_lengths:
+                    r = idx.get((s, n, impl))
+                    if r is None:
+                        continue
+                    text = f"{r.redis:.3g} + {r.sql:.3g}"
+                    if r.connections:
+                        text += f" +{r.connections:.3g} conn"
+                    texts.append(text)
+                seen = seen or bool(texts)
+                row.append(texts[0] if len(set(texts)) == 1 else " / ".join(texts))
+            if seen:
+                lines.append(f"| {LABELS[impl]} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [
+        "#### Targets (issue 5)",
+        "",
+        "| target | measured | limit | |",
+        "|---|---:|---:|---|",
+    ]
+    for t in tg:
+        limit = "—" if t["limit"] == float("inf") else f"{t['limit']:g}"
+        verdict = "" if limit == "—" else ("met" if t["met"] else "**missed**")
+        lines.append(f"| {t['target']} | {t['value']:.3g} | {limit} | {verdict} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def chart(cells: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = _index(cells)
+    lengths = sorted({cell.length for cell in cells})
+    scenarios = [s for s in SCENARIOS if any(k[0] == s for k in c)]
+    cols = 3
+    rows = (len(scenarios) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(15, 4.6 * rows), squeeze=False)
+    styles = {
+        "ours": ("tab:green", "-", "o"),
+        "ours_full": ("tab:green", "--", "s"),
+        "ours_empty": ("tab:olive", ":", "x"),
+        "lc_redis": ("tab:red", "-", "^"),
+        "lc_sql": ("tab:purple", "-", "v"),
+        "lc_pg": ("tab:blue", "-", "D"),
+        "floor_rtt": ("0.6", ":", "."),
+        "floor_lrange": ("0.3", ":", "."),
+        "floor_select": ("0.45", "-.", "."),
+        "floor_miss": ("0.3", "-.", "."),
+        "floor_write": ("0.3", ":", "."),
+        "null": ("0.3", ":", "."),
+    }
+    for ax, scenario in zip(axes.flat, scenarios, strict=False):
+        for impl in ORDER:
+            pts = [(n, c[(scenario, n, impl)].p50_ms) for n in lengths if (scenario, n, impl) in c]
+            if len(pts) < 1:
+                continue
+            color, ls, marker = styles[impl]
+            ax.plot(*zip(*pts, strict=True), color=color, ls=ls, marker=marker, label=LABELS[impl])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(SCENARIOS[scenario], fontsize=10)
+        ax.set_xlabel("messages in the conversation")
+        ax.set_ylabel("p50 latency per call (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(scenarios) :]:
+        ax.axis("off")
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+            labels[label] = label
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower right",
+        fontsize=8,
+        bbox_to_anchor=(0.98, 0.04),
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def write_all(
+    out: Path,
+    cells: list[Cell],
+    rts: list[RoundTrips],
+    meta: dict[str, Any],
+    extra: dict[str, Any],
+) -> tuple[str, list[dict[str, Any]]]:
+    lengths = sorted({cell.length for cell in cells})
+    tg = targets(cells, rts, lengths)
+    md = markdown(cells, rts, tg, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(md + extra.get("markdown_tail", ""))
+    payload = {
+        "meta": meta,
+        "cells": [asdict(x) for x in cells],
+        "round_trips": [asdict(x) for x in rts],
+        "targets": tg,
+        **{k: v for k, v in extra.items() if k != "markdown_tail"},
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
+    chart(cells, out / "latency.png")
+    return md, tg
