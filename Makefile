@@ -22,7 +22,7 @@ chat: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check lc_hybrid_memory app tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check lc_hybrid_memory app tests bench
