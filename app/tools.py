@@ -15,6 +15,10 @@ from lc_hybrid_memory.codec import role_of
 
 CURRENT_TIME = "get_current_time"
 RECALL = "recall"
+RECALL_DESCRIPTION = (
+    "Search the older messages of this conversation (beyond the recent ones you see) for a "
+    "word or phrase; returns the matching messages, oldest first."
+)
 
 
 def _now(tz_name: str) -> str:
@@ -73,18 +77,18 @@ def recall_tool(memory: HybridMemory, *, limit: int = 5) -> BaseTool:
         return limit + len(runtime.state["messages"])
 
     def recall(query: str, runtime: ToolRuntime) -> str:
-        """Search older messages of this conversation (beyond the recent ones you see) for
-        the given words; returns the matching messages, oldest first."""
+        """Search older messages of this conversation for ``query``."""
         found = memory.search(_session_id(runtime), query, limit=span(runtime))
         return _format(select(runtime, found))
 
     async def arecall(query: str, runtime: ToolRuntime) -> str:
-        """Search older messages of this conversation (beyond the recent ones you see) for
-        the given words; returns the matching messages, oldest first."""
+        """Search older messages of this conversation for ``query``."""
         found = await memory.asearch(_session_id(runtime), query, limit=span(runtime))
         return _format(select(runtime, found))
 
-    return StructuredTool.from_function(recall, coroutine=arecall, name=RECALL)
+    return StructuredTool.from_function(
+        recall, coroutine=arecall, name=RECALL, description=RECALL_DESCRIPTION
+    )
 
 
 def default_tools(memory: HybridMemory) -> list[BaseTool]:
