@@ -68,6 +68,8 @@ def test_chat_commands_and_memory_across_a_restart(
     assert run_cli(monkeypatch, ["show", session]) == 0
     shown = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in shown] == ["user", "assistant", "user", "assistant"]
+    assert run_cli(monkeypatch, ["show", session, "--limit", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == shown[-2:]
 
 
 def test_chat_tools_clear_and_show(
