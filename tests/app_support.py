@@ -208,7 +208,7 @@ def harness(
             ):
                 for job_id in registry.get_job_ids():
                     registry.remove(job_id, delete_job=True)
-            queue.empty()
+            queue.delete(delete_jobs=True)
             services.redis.close()
         memory.close()
         engine.dispose()

@@ -13,13 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 import requests
+import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
 from app.server import send
 from app.services import DEV_TOKEN_FILE
 from lc_hybrid_memory.embedded import free_port
+from lc_hybrid_memory.store import sync_url
 
 from . import app_support
 from .app_support import AppHarness, fake_model
@@ -112,7 +115,21 @@ def test_serve_and_send_commands_end_to_end(
     finally:
         server.terminate()
         server.wait(10)
+        _forget_redis_keys(servers.redis_url, fresh_database_url, f"test:{unique}:")
 
     assert first.returncode == 0, first.stderr
     assert first.stdout == "[offline model] Nice to meet you, Linus! I will remember that.\n"
     assert second.stdout == "[offline model] Your name is Linus.\n"
+
+
+def _forget_redis_keys(redis_url: str, database_url: str, prefix: str) -> None:
+    """The serve process's Redis keys: its turn states and its conversations' memory cache."""
+    client = redis.Redis.from_url(redis_url)
+    engine = sa.create_engine(sync_url(database_url))
+    with engine.connect() as conn:
+        ids = conn.exec_driver_sql("SELECT id FROM conversations").scalars().all()
+    engine.dispose()
+    keys = [*client.scan_iter(match=f"{prefix}*"), *(f"ai:memory:{{{i}}}" for i in ids)]
+    if keys:
+        client.delete(*keys)
+    client.close()
