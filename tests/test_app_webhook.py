@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from app.turns import split_reply
 from app.twilio_webhook import MEDIA_ONLY_REPLY
 
 from . import app_support
@@ -321,3 +322,37 @@ def test_account_and_token_constants_are_what_the_tests_sign_with() -> None:
         PUBLIC_BASE_URL + WEBHOOK, fields, signature(fields)
     )
     assert fields["AccountSid"] == ACCOUNT_SID
+
+
+def test_a_retry_while_the_reply_is_still_being_produced_is_acked(harness: AppHarness) -> None:
+    model = fake_model("slow answer", delay=1.0)
+    client = harness.app(model, inline_wait_seconds=0.2).test_client()
+    fields = form("take your time")
+    first: list[list[str]] = []
+    thread = threading.Thread(target=lambda: first.append(replies(post_signed(client, fields))))
+    thread.start()
+    time.sleep(0.3)  # the first request is inside its turn
+
+    started = time.monotonic()
+    retry = replies(post_signed(client, fields))
+    retry_seconds = time.monotonic() - started
+    thread.join(10)
+
+    assert retry == []  # an empty <Response/>: acknowledged, not answered twice
+    assert retry_seconds < 0.8  # it waited its budget, not for the model
+    assert first == [["slow answer"]]
+    assert len(model.calls) == 1
+    assert harness.message_uids() == [fields["MessageSid"], fields["MessageSid"] + ":1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("short", ["short"]),
+        ("", []),
+        ("a" * 3300, ["a" * 1600, "a" * 1600, "a" * 100]),  # one long word is cut
+        ("x" * 1000 + "\n" + "y" * 1000, ["x" * 1000, "y" * 1000]),  # at the line break
+    ],
+)
+def test_split_reply(text: str, expected: list[str]) -> None:
+    assert split_reply(text) == expected
