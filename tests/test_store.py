@@ -191,3 +191,61 @@ def test_create_schema_is_idempotent_and_safe_concurrently(memory: HybridMemory)
     assert errors == []
     memory.add_messages("after-schema", [HumanMessage("ok")])
     assert memory.store.count("after-schema") == 1
+
+
+def test_works_on_a_hash_partitioned_table(
+    memory_factory: MemoryFactory, sql_engine: sa.Engine, unique: str
+) -> None:
+    """Every query filters on conversation_id, so partitioning by it (or distributing it with
+    Citus) routes each call to one partition; the keys include the partition column."""
+    name = f"pmessages_{unique}"
+    with sql_engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE SEQUENCE {name}_id_seq"))
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {name} (id bigint NOT NULL DEFAULT nextval('{name}_id_seq'), "
+                "conversation_id text NOT NULL, role text NOT NULL, content text NOT NULL, "
+                "payload jsonb NOT NULL, message_uid text, provider_sid text, "
+                "created_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (conversation_id, id), UNIQUE (conversation_id, message_uid)) "
+                "PARTITION BY HASH (conversation_id)"
+            )
+        )
+        for i in range(4):
+            conn.execute(
+                sa.text(
+                    f"CREATE TABLE {name}_p{i} PARTITION OF {name} "
+                    f"FOR VALUES WITH (MODULUS 4, REMAINDER {i})"
+                )
+            )
+    memory = memory_factory(table=MessageTable(name=name))  # create_schema: nothing to create
+    try:
+        for n in range(8):
+            sid = f"p-{n}"
+            assert memory.add_messages(sid, [HumanMessage(sid, id="x"), AIMessage("ok")]) == [
+                True,
+                True,
+            ]
+            assert memory.add_messages(sid, [HumanMessage(sid, id="x")]) == [False]
+            memory.cache.invalidate(sid)
+            assert [m.content for m in memory.get_messages(sid)] == [sid, "ok"]
+        with sql_engine.connect() as conn:
+            counts = [
+                conn.execute(sa.text(f"SELECT count(*) FROM {name}_p{i}")).scalar_one()
+                for i in range(4)
+            ]
+            plan = conn.execute(
+                sa.text(
+                    f"EXPLAIN (FORMAT JSON) SELECT id FROM {name} WHERE conversation_id = 'p-1' "
+                    "ORDER BY conversation_id DESC, id DESC LIMIT 51"
+                )
+            ).scalar()
+        assert sum(counts) == 16 and sum(1 for c in counts if c) >= 2  # spread over partitions
+        scanned = {n["Relation Name"] for n in nodes(plan[0]["Plan"]) if "Relation Name" in n}
+        assert len(scanned) == 1  # pruned to the conversation's partition
+        memory.clear("p-1")
+        assert memory.get_messages("p-1") == []
+    finally:
+        with sql_engine.connect() as conn:
+            conn.execute(sa.text(f"DROP TABLE {name}"))
+            conn.execute(sa.text(f"DROP SEQUENCE {name}_id_seq"))
