@@ -178,6 +178,7 @@ def create_blueprint(settings: Settings, limiter: Limiter) -> Blueprint:
 
 
 def inbound_message() -> Response:
+    """The webhook view (behind the signature check and the rate limit)."""
     svc = services()
     settings = svc.settings
     watch = Stopwatch()

@@ -171,7 +171,9 @@ def process_conversation(conversation_id: str) -> int:
 def enqueue_kwargs(settings: Settings) -> dict[str, Any]:
     """Options of every turn job."""
     return {
-        "job_timeout": max(60, settings.lock_ttl_seconds * 4),
+        # A job may run several queued turns of its conversation; each is bounded by the
+        # model's own timeouts, this only stops a job that hangs.
+        "job_timeout": 600,
         "retry": JOB_RETRY,
         "result_ttl": 3600,
         "failure_ttl": 7 * 24 * 3600,
