@@ -108,8 +108,18 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers PING."""
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> None:
+        """Start the server and wait until it answers PING (retried if the port is taken)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.5 * attempt)
+
+    def _start(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         save = ["--save", "60 1", "--dbfilename", "dump.rdb"] if self.persistent else ["--save", ""]
         args = [
@@ -318,8 +328,22 @@ class EmbeddedPostgres:
                 ["-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
             )
 
-    def start(self, timeout: float = 60.0) -> None:
-        """initdb if needed, start the server and wait until it accepts connections."""
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """initdb if needed, start the server and wait until it accepts connections.
+
+        A restart must bind the same port again; if another process took it meanwhile (or the
+        old socket lingers), the start is retried a few times before giving up.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.5 * attempt)
+
+    def _start(self, timeout: float) -> None:
         self._prepare()
         options = [
             "-h 127.0.0.1",
