@@ -92,6 +92,11 @@ def run_worker_command(settings: Settings) -> int:
             "the worker sends replies by REST: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         )
         return 2
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        # The worker's own counters (turns, agent errors, replies sent, cache events).
+        start_http_server(settings.worker_metrics_port, registry=services.metrics.registry)
     run_worker(services)
     return 0
 

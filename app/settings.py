@@ -90,6 +90,7 @@ class Settings:
     port: int = 5000
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one JSON object per line)
+    worker_metrics_port: int | None = None  # the worker serves /metrics here when set
     auto_migrate: bool | None = None  # None → migrate at start only on the embedded servers
 
     @classmethod
@@ -131,4 +132,5 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             log_format=_choice(env, "LOG_FORMAT", ("text", "json"), "text"),
             auto_migrate=_bool(env, "AUTO_MIGRATE"),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0) or None,
         )

@@ -68,7 +68,7 @@ def signed_url(settings: Settings) -> str:
     suffix = request.path + (f"?{query}" if query else "")
     if settings.public_base_url:
         return settings.public_base_url + suffix
-    return request.host_url.rstrip("/") + suffix
+    return request.root_url.rstrip("/") + suffix  # root_url keeps an X-Forwarded-Prefix
 
 
 def twiml(*texts: str) -> Response:

@@ -356,3 +356,17 @@ def test_a_retry_while_the_reply_is_still_being_produced_is_acked(harness: AppHa
 )
 def test_split_reply(text: str, expected: list[str]) -> None:
     assert split_reply(text) == expected
+
+
+def test_a_trusted_proxys_path_prefix_is_part_of_the_signed_url(harness: AppHarness) -> None:
+    fields = form("hi")
+    public = "https://public.example.org/bot" + WEBHOOK
+    headers = {
+        "X-Twilio-Signature": signature(fields, url=public),
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "public.example.org",
+        "X-Forwarded-Prefix": "/bot",
+    }
+    app = harness.app(fake_model(), public_base_url=None, trusted_proxy_hops=1)
+
+    assert app.test_client().post(WEBHOOK, data=fields, headers=headers).status_code == 200
