@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         headers_enabled=False,
     )
     app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))
-    app.register_blueprint(ops.create_blueprint())
+    app.register_blueprint(ops.create_blueprint(services))
 
     @app.errorhandler(HTTPException)
     def short_http_error(error: HTTPException) -> Response:

@@ -5,52 +5,83 @@ from __future__ import annotations
 
 import logging
 
+import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lc_hybrid_memory.store import sync_url
 
 from .services import Services
 
 logger = logging.getLogger(__name__)
 
+CHECK_TIMEOUT_SECONDS = 2
 
-def create_blueprint() -> Blueprint:
+
+class ReadinessChecks:
+    """Probes with their own short timeouts: a stalled server makes /readyz answer 503 within
+    seconds instead of hanging on a pooled connection (the app's clients wait much longer)."""
+
+    def __init__(self, database_url: str, redis_url: str) -> None:
+        # A fresh connection per check (NullPool): nothing stale, and libpq's connect_timeout
+        # bounds a server that accepts but never answers.
+        self.engine = sa.create_engine(
+            sync_url(database_url),
+            poolclass=sa.pool.NullPool,
+            connect_args={
+                "connect_timeout": CHECK_TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={CHECK_TIMEOUT_SECONDS * 1000}",
+            },
+        )
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=CHECK_TIMEOUT_SECONDS,
+            socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
+        )
+
+    def run(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            checks["postgres"] = "ok"
+        except Exception as exc:  # any failure means "not ready", with the reason
+            checks["postgres"] = f"error: {type(exc).__name__}"
+        try:
+            self.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        return checks
+
+
+def create_blueprint(services: Services) -> Blueprint:
     blueprint = Blueprint("ops", __name__)
-    blueprint.add_url_rule("/healthz", view_func=healthz)
-    blueprint.add_url_rule("/readyz", view_func=readyz)
-    blueprint.add_url_rule("/metrics", view_func=metrics)
+    checks = ReadinessChecks(services.urls.database_url, services.urls.redis_url)
+
+    @blueprint.get("/healthz")
+    def healthz() -> Response:
+        """The process runs and serves requests; says nothing about its dependencies."""
+        return jsonify(status="ok")
+
+    @blueprint.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        """Ready when Postgres and Redis both answer."""
+        results = checks.run()
+        ready = all(value == "ok" for value in results.values())
+        if not ready:
+            logger.warning("not ready: %s", results)
+        body = jsonify(status="ready" if ready else "unavailable", checks=results)
+        return body, 200 if ready else 503
+
+    @blueprint.get("/metrics")
+    def metrics() -> Response:
+        registry = _services().metrics.registry
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
     return blueprint
 
 
 def _services() -> Services:
     return current_app.extensions["hybrid_memory"]
-
-
-def healthz() -> Response:
-    """The process runs and serves requests; says nothing about its dependencies."""
-    return jsonify(status="ok")
-
-
-def readyz() -> tuple[Response, int]:
-    """Ready when Postgres and Redis both answer (each check bounded by a short timeout)."""
-    svc = _services()
-    checks: dict[str, str] = {}
-    try:
-        with svc.memory.store.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        checks["postgres"] = "ok"
-    except Exception as exc:  # any failure means "not ready", with the reason
-        checks["postgres"] = f"error: {type(exc).__name__}"
-    try:
-        svc.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
-    ready = all(value == "ok" for value in checks.values())
-    if not ready:
-        logger.warning("not ready: %s", checks)
-    return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503
-
-
-def metrics() -> Response:
-    return Response(generate_latest(_services().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
