@@ -274,7 +274,9 @@ class EmbeddedPostgres:
         self.pgdata = self.data_dir / "pgdata"
         self.port = port or free_port()
         self.durable = durable
-        self._system_user: str | None = None
+        # initdb and postgres refuse to run as root: then they run as pgserver's system user,
+        # for every pg_ctl call (also stopping a server this object did not start).
+        self._system_user: str | None = "pgserver" if os.geteuid() == 0 else None
 
     @staticmethod
     def bin_dir() -> Path:
@@ -310,7 +312,7 @@ class EmbeddedPostgres:
                 ensure_user_exists,
             )
 
-            self._system_user = "pgserver"
+            assert self._system_user is not None
             ensure_user_exists(self._system_user)
             ensure_prefix_permissions(self.data_dir)
             ensure_prefix_permissions(self.bin_dir())

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, cast, delete, func, select, text
+from sqlalchemy import Text, cast, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -461,6 +461,32 @@ class MessageStore:
             return (await conn.execute(stmt)).rowcount
 
         return await self._arun("clear messages", work)
+
+    def _provider_sid_stmt(self, session_id: str, message_uid: str, provider_sid: str) -> Any:
+        if self.mapping.provider_sid is None or self.mapping.message_uid is None:
+            raise ValueError("the mapped table has no provider_sid or message_uid column")
+        c = self.table.c
+        return (
+            update(self.table)
+            .where(c.conversation_id == self.conversation_key(session_id))
+            .where(c.message_uid == message_uid)
+            .values(provider_sid=provider_sid)
+        )
+
+    def set_provider_sid(self, session_id: str, message_uid: str, provider_sid: str) -> bool:
+        """Record the provider's id of a stored message (e.g. the Twilio SID of a sent reply);
+        whether the message exists."""
+        stmt = self._provider_sid_stmt(session_id, message_uid, provider_sid)
+        return self._run("record a provider sid", lambda conn: conn.execute(stmt).rowcount == 1)
+
+    async def aset_provider_sid(self, session_id: str, message_uid: str, provider_sid: str) -> bool:
+        """Async :meth:`set_provider_sid`."""
+        stmt = self._provider_sid_stmt(session_id, message_uid, provider_sid)
+
+        async def work(conn: AsyncConnection) -> bool:
+            return (await conn.execute(stmt)).rowcount == 1
+
+        return await self._arun("record a provider sid", work)
 
     def close(self) -> None:
         """Dispose of the sync engine's pool (the async one needs :meth:`aclose`)."""

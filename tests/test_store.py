@@ -249,3 +249,13 @@ def test_works_on_a_hash_partitioned_table(
         with sql_engine.connect() as conn:
             conn.execute(sa.text(f"DROP TABLE {name}"))
             conn.execute(sa.text(f"DROP SEQUENCE {name}_id_seq"))
+
+
+async def test_provider_sid_is_recorded_on_a_stored_message(memory: HybridMemory) -> None:
+    memory.add_messages("sids", [HumanMessage("in", id="SM1"), AIMessage("out", id="SM1:1")])
+    assert memory.store.set_provider_sid("sids", "SM1:1", "SMreply") is True
+    assert await memory.store.aset_provider_sid("sids", "missing", "x") is False
+    t = memory.store.table
+    with memory.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.message_uid, t.c.provider_sid).order_by(t.c.id)).all()
+    assert [tuple(r) for r in rows] == [("SM1", None), ("SM1:1", "SMreply")]
