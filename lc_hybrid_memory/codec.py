@@ -88,7 +88,6 @@ _FAST_CLASSES: dict[str, type[BaseMessage]] = {
 _FIELDS: dict[str, tuple[str, ...]] = {
     kind: tuple(cls.model_fields) for kind, cls in _FAST_CLASSES.items()
 }
-_FIELD_SETS = {kind: frozenset(fields) for kind, fields in _FIELDS.items()}
 _USAGE = TypeAdapter(AIMessage.model_fields["usage_metadata"].annotation)
 _TOOL_STATUS = ("success", "error")
 _setattr = object.__setattr__
@@ -111,40 +110,48 @@ def _fast_message(obj: Any) -> BaseMessage | None:
     if type(obj) is not dict:
         return None
     kind = obj.get("type")
-    cls = _FAST_CLASSES.get(kind) if type(kind) is str else None
-    data = obj.get("data")
-    if cls is None or type(data) is not dict or data.keys() != _FIELD_SETS[kind]:
+    if type(kind) is not str or kind not in _FAST_CLASSES:
         return None
+    data = obj.get("data")
     fields = _FIELDS[kind]
-    if tuple(data) != fields:
-        # Postgres jsonb reorders keys (a fill reads them back so); validation would build the
-        # instance's __dict__ in field order whatever the input order, and so do we.
-        data = {name: data[name] for name in fields}
+    if type(data) is not dict or len(data) != len(fields):
+        return None
+    try:
+        # Postgres jsonb reorders keys (a fill reads them back so); validation builds the
+        # instance's __dict__ in field order whatever the input order, and so do we. Every
+        # field present and no more keys than fields: exactly the fields.
+        values = {name: data[name] for name in fields}
+    except KeyError:
+        return None
+    content = values["content"]
+    name = values["name"]
+    id_ = values["id"]
     if (
-        data["type"] != kind
-        or not _plain_content(data["content"])
-        or type(data["additional_kwargs"]) is not dict
-        or type(data["response_metadata"]) is not dict
-        or (data["name"] is not None and type(data["name"]) is not str)
-        or (data["id"] is not None and type(data["id"]) is not str)
+        values["type"] != kind
+        or (type(content) is not str and not _plain_content(content))
+        or type(values["additional_kwargs"]) is not dict
+        or type(values["response_metadata"]) is not dict
+        or (name is not None and type(name) is not str)
+        or (id_ is not None and type(id_) is not str)
     ):
         return None
     if kind == "ai":
         # A non-empty tool call list (or legacy ones in additional_kwargs) is rebuilt by
         # AIMessage's validator: leave those to it.
-        if data["tool_calls"] != [] or data["invalid_tool_calls"] != []:
+        if values["tool_calls"] != [] or values["invalid_tool_calls"] != []:
             return None
-        if data["additional_kwargs"].get("tool_calls"):
+        if values["additional_kwargs"].get("tool_calls"):
             return None
-        if data["usage_metadata"] is not None:
-            data["usage_metadata"] = _USAGE.validate_python(data["usage_metadata"])
+        if values["usage_metadata"] is not None:
+            values["usage_metadata"] = _USAGE.validate_python(values["usage_metadata"])
     elif kind == "tool" and (
-        type(data["tool_call_id"]) is not str or data["status"] not in _TOOL_STATUS
+        type(values["tool_call_id"]) is not str or values["status"] not in _TOOL_STATUS
     ):
         return None
+    cls = _FAST_CLASSES[kind]
     message = cls.__new__(cls)
-    _setattr(message, "__dict__", data)
-    _setattr(message, "__pydantic_fields_set__", set(data))
+    _setattr(message, "__dict__", values)
+    _setattr(message, "__pydantic_fields_set__", set(fields))
     _setattr(message, "__pydantic_extra__", {})
     _setattr(message, "__pydantic_private__", None)
     return message
