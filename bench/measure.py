@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,11 +31,19 @@ class Cell:
     mean_ms: float
     memory_p50_ms: float | None = None  # turn: time spent in the history object
     memory_p99_ms: float | None = None
+    samples: list[float] = field(default_factory=list, repr=False)  # seconds, in round order
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
     a = np.asarray(values) * 1e3
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.mean())
+
+
+def _min_calls(budget: Budget, runner: Runner, length: int) -> int:
+    """Calls at least: a few more for whole-history reads up to 5 000 messages."""
+    if runner.heavy and length <= 5000:
+        return budget.min_calls + 4
+    return budget.min_calls
 
 
 def time_cell(scenario: str, length: int, runners: dict[str, Runner], budget: Budget) -> list[Cell]:
@@ -68,12 +76,13 @@ def time_cell(scenario: str, length: int, runners: dict[str, Runner], budget: Bu
         active = [
             name
             for name in active
-            if len(samples[name]) < budget.min_calls or wall[name] < budget.seconds
+            if len(samples[name]) < _min_calls(budget, runners[name], length)
+            or wall[name] < budget.seconds
         ]
     cells = []
     for name, values in samples.items():
         p50, p99, mean = _stats(values)
-        cell = Cell(scenario, length, name, len(values), p50, p99, mean)
+        cell = Cell(scenario, length, name, len(values), p50, p99, mean, samples=values)
         if scenario == "turn" and any(memory[name]):
             cell.memory_p50_ms, cell.memory_p99_ms, _ = _stats(memory[name])
         cells.append(cell)
