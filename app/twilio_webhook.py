@@ -45,6 +45,12 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 # Twilio ids: two capital letters and 32 hex digits (SM.../MM... for messages, AC... accounts).
 _SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+# Addresses (From/To): "+15551234567", "whatsapp:+15551234567", "messenger:1234"... are short.
+# Longer ones would not fit the conversations index; control characters (NUL above all: Postgres
+# text cannot hold it) are never part of an address.
+MAX_ADDRESS_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PROFILE_NAME_CHARS = 256
 
 MEDIA_ONLY_REPLY = "I can only read text messages for now. Please send your question as text."
 EMPTY_REPLY = "Send me a text message and I will answer."
@@ -144,6 +150,12 @@ def parse_inbound(form: Any, settings: Settings) -> InboundMessage:
     if settings.twilio_account_sid and account_sid != settings.twilio_account_sid:
         # Signed with our token but for another account: refuse, as Twilio's guides advise.
         raise BadWebhook(403, "AccountSid does not match this app")
+    if account_sid and not _SID.match(account_sid):
+        raise BadWebhook(400, "malformed AccountSid")
+    service_sid = form.get("MessagingServiceSid") or None
+    if service_sid is not None and not _SID.match(service_sid):
+        raise BadWebhook(400, "malformed MessagingServiceSid")
+    sender, service = _address(form, "From"), _address(form, "To")
     body = form.get("Body", "")
     if len(body) > settings.max_body_chars:
         raise BadWebhook(413, f"Body longer than {settings.max_body_chars} characters")
@@ -154,13 +166,24 @@ def parse_inbound(form: Any, settings: Settings) -> InboundMessage:
     return InboundMessage(
         message_sid=message_sid,
         account_sid=account_sid,
-        sender=Address.parse(form["From"]),
-        service=Address.parse(form["To"]),
+        sender=sender,
+        service=service,
         body=body,
         num_media=num_media,
-        messaging_service_sid=form.get("MessagingServiceSid") or None,
-        profile_name=form.get("ProfileName") or None,
+        messaging_service_sid=service_sid,
+        # A display name is no reason to refuse a message: keep what Postgres can store.
+        profile_name=_CONTROL.sub("", form.get("ProfileName", ""))[:MAX_PROFILE_NAME_CHARS] or None,
     )
+
+
+def _address(form: Any, name: str) -> Address:
+    raw = form[name]
+    if len(raw) > MAX_ADDRESS_CHARS or _CONTROL.search(raw):
+        raise BadWebhook(400, f"malformed {name}")
+    address = Address.parse(raw)
+    if not address.number.strip():
+        raise BadWebhook(400, f"malformed {name}")
+    return address
 
 
 def create_blueprint(settings: Settings, limiter: Limiter) -> Blueprint:
