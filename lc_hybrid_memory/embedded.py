@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,19 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _retry_start(start: Callable[[], None], attempts: int) -> None:
+    """Run ``start``; a restart must rebind the same port, which another process may hold for
+    a moment, so a failed start is retried a few times before the error is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return
+        except RuntimeError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+
+
 class EmbeddedRedis:
     """A ``redis-server`` process on ``127.0.0.1:<port>`` (no persistence unless ``persistent``)."""
 
@@ -110,14 +124,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> None:
         """Start the server and wait until it answers PING (retried if the port is taken)."""
-        for attempt in range(1, attempts + 1):
-            try:
-                self._start(timeout)
-                return
-            except RuntimeError:
-                if attempt == attempts:
-                    raise
-                time.sleep(0.5 * attempt)
+        _retry_start(lambda: self._start(timeout), attempts)
 
     def _start(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -331,19 +338,8 @@ class EmbeddedPostgres:
             )
 
     def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
-        """initdb if needed, start the server and wait until it accepts connections.
-
-        A restart must bind the same port again; if another process took it meanwhile (or the
-        old socket lingers), the start is retried a few times before giving up.
-        """
-        for attempt in range(1, attempts + 1):
-            try:
-                self._start(timeout)
-                return
-            except RuntimeError:
-                if attempt == attempts:
-                    raise
-                time.sleep(0.5 * attempt)
+        """initdb if needed, start the server and wait until it accepts connections."""
+        _retry_start(lambda: self._start(timeout), attempts)
 
     def _start(self, timeout: float) -> None:
         self._prepare()
