@@ -10,6 +10,7 @@ which needs no network and answers deterministically.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,7 +48,7 @@ def build_model(settings: Settings) -> BaseChatModel:
     """The chat model named by ``settings`` (the offline model when none is configured)."""
     provider = settings.model_provider
     if provider in (None, "", "offline"):
-        return OfflineChatModel()
+        return OfflineChatModel(delay_seconds=settings.offline_model_delay_seconds)
     if provider not in PROVIDERS:
         known = ", ".join(["offline", *PROVIDERS])
         raise ModelConfigurationError(f"unknown MODEL_PROVIDER {provider!r}; use one of {known}")
@@ -84,6 +85,9 @@ class OfflineChatModel(BaseChatModel):
 
     bound_tools: list[str] = Field(default_factory=list)
     """Names of the tools bound with :meth:`bind_tools` (only those are ever called)."""
+    delay_seconds: float = 0.0
+    """Think time per call (``OFFLINE_MODEL_DELAY_SECONDS``): a real model's latency, for
+    demos and load or failure drills. The answers do not change."""
 
     @property
     def _llm_type(self) -> str:
@@ -106,6 +110,8 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.delay_seconds > 0:
+            time.sleep(self.delay_seconds)
         return ChatResult(generations=[ChatGeneration(message=self.respond(messages))])
 
     def respond(self, messages: Sequence[BaseMessage]) -> AIMessage:

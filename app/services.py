@@ -8,9 +8,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from rq import Queue
+from twilio.http.http_client import TwilioHttpClient
 
 from lc_hybrid_memory import HybridMemory
 
@@ -55,13 +57,42 @@ def webhook_auth_token(settings: Settings) -> str:
     return token
 
 
+# A REST call that gets no answer fails (the job is retried) instead of holding a worker.
+TWILIO_HTTP_TIMEOUT_SECONDS = 30.0
+
+
 def twilio_rest_client(settings: Settings, http_client: Any = None) -> Any:
-    """The Twilio REST client of the async mode, or ``None`` without credentials."""
+    """The Twilio REST client of the async mode, or ``None`` without credentials.
+
+    ``TWILIO_API_BASE_URL`` sends its requests to another origin (a Twilio API mock, a
+    recording proxy, the tests' capture server) with the same paths, form and credentials.
+    """
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         return None
     from twilio.rest import Client
 
+    if http_client is None:
+        if settings.twilio_api_base_url:
+            http_client = _RebasedHttpClient(
+                settings.twilio_api_base_url, timeout=TWILIO_HTTP_TIMEOUT_SECONDS
+            )
+        else:
+            http_client = TwilioHttpClient(timeout=TWILIO_HTTP_TIMEOUT_SECONDS)
     return Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client)
+
+
+class _RebasedHttpClient(TwilioHttpClient):
+    """twilio's HTTP client, with every request's origin replaced by ``base_url``'s."""
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base = urlsplit(base_url)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        parts = urlsplit(url)
+        path = self.base.path.rstrip("/") + parts.path
+        url = urlunsplit((self.base.scheme, self.base.netloc, path, parts.query, ""))
+        return super().request(method, url, *args, **kwargs)
 
 
 @dataclass

@@ -63,6 +63,9 @@ class Settings:
     # Twilio.
     twilio_auth_token: str | None = None
     twilio_account_sid: str | None = None
+    # Origin of the Twilio REST API for replies; None → Twilio's own. For an API mock, a
+    # recording proxy or the tests' capture server (e.g. http://127.0.0.1:8089).
+    twilio_api_base_url: str | None = None
     public_base_url: str | None = None  # the URL Twilio calls, e.g. https://example.com
     trusted_proxy_hops: int = 0  # >0: trust X-Forwarded-* from that many proxies (ProxyFix)
     reply_mode: str = "inline"  # inline (TwiML) | async (RQ worker + REST reply)
@@ -81,6 +84,7 @@ class Settings:
     # Agent.
     model_provider: str | None = None  # openai | anthropic | ollama | offline; None → offline
     model_name: str | None = None
+    offline_model_delay_seconds: float = 0.0  # the offline model "thinks" this long per call
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     memory_window: int = 50
     memory_ttl_seconds: int = 3600
@@ -110,6 +114,7 @@ class Settings:
             data_dir=Path(env.get("HYBRID_MEMORY_DATA_DIR") or ".data"),
             twilio_auth_token=auth_token,
             twilio_account_sid=account_sid,
+            twilio_api_base_url=(env.get("TWILIO_API_BASE_URL") or "").rstrip("/") or None,
             public_base_url=(env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0),
             reply_mode=reply_mode,
@@ -124,6 +129,7 @@ class Settings:
             apology_text=env.get("APOLOGY_TEXT") or cls.apology_text,
             model_provider=(env.get("MODEL_PROVIDER") or "").strip().lower() or None,
             model_name=env.get("MODEL_NAME") or None,
+            offline_model_delay_seconds=_float(env, "OFFLINE_MODEL_DELAY_SECONDS", 0.0),
             system_prompt=env.get("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
             memory_window=_int(env, "MEMORY_WINDOW", 50),
             memory_ttl_seconds=_int(env, "MEMORY_TTL_SECONDS", 3600),

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,10 +38,11 @@ logger = logging.getLogger(__name__)
 
 SMS_MAX_CHARS = 1600  # Twilio's limit for one message body, inbound and outbound
 
-# KEYS: turn hash, pending list. ARGV: MessageSid, body, ttl. 1 = queued now, 0 = known before.
+# KEYS: turn hash, pending list. ARGV: MessageSid, body, ttl, time queued (epoch seconds).
+# 1 = queued now, 0 = known before.
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'pending', 'body', ARGV[2], 'sent', 0)
+redis.call('HSET', KEYS[1], 'status', 'pending', 'body', ARGV[2], 'sent', 0, 'queued_at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -65,6 +68,7 @@ class TurnRecord:
     reply: str = ""
     body: str = ""
     sent: int = 0  # reply parts already sent through the REST API
+    queued_at: float | None = None  # epoch seconds (None: queued by an older version)
 
     @property
     def finished(self) -> bool:
@@ -163,12 +167,24 @@ class TurnCoordinator:
     def lock_key(self, conversation_id: str) -> str:
         return f"{self.prefix}lock:{{{conversation_id}}}"
 
+    def conversations_with_pending_turns(self) -> Iterator[str]:
+        """Ids of the conversations that have turns waiting (an empty list has no key)."""
+        prefix = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix)  # literal in the glob
+        for key in self.client.scan_iter(match=f"{prefix}pending:{{*}}", count=1000):
+            raw = key.decode()
+            yield raw[raw.index("{") + 1 : raw.rindex("}")]
+
+    def is_locked(self, conversation_id: str) -> bool:
+        """Whether someone holds (or a dead holder's lock still blocks) the conversation."""
+        return bool(self.client.exists(self.lock_key(conversation_id)))
+
     # -- state -------------------------------------------------------------------------------
 
     def enqueue(self, conversation_id: str, message_sid: str, body: str) -> bool:
         """Queue the turn of ``message_sid`` unless it is known; whether it was queued now."""
         keys = [self.turn_key(conversation_id, message_sid), self.pending_key(conversation_id)]
-        return bool(self._enqueue(keys=keys, args=[message_sid, body, self.state_ttl]))
+        args = [message_sid, body, self.state_ttl, repr(time.time())]
+        return bool(self._enqueue(keys=keys, args=args))
 
     def record(self, conversation_id: str, message_sid: str) -> TurnRecord | None:
         """The turn's state, or ``None`` if it was never queued (or has expired)."""
@@ -181,6 +197,7 @@ class TurnCoordinator:
             reply=fields.get("reply", ""),
             body=fields.get("body", ""),
             sent=int(fields.get("sent", "0")),
+            queued_at=float(fields["queued_at"]) if fields.get("queued_at") else None,
         )
 
     def pending(self, conversation_id: str) -> list[str]:

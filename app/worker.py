@@ -8,16 +8,27 @@ that finds the queue already drained does nothing, so a duplicate or retried job
 Workers are ``SimpleWorker`` s (no fork per job): the memory's connection pools and the agent
 are built once per process and reused by every job. Run several worker processes for
 parallelism; conversations never block each other, a conversation's turns stay in order.
+
+A worker that dies mid-job (SIGKILL, OOM, a lost node) leaves its turn at the head of the
+conversation's queue and its lock to expire; RQ itself would only notice the abandoned job
+after the job timeout. So every worker also runs :func:`recover_stalled_turns` every
+``TURN_LOCK_SECONDS`` (one worker at a time): a conversation with pending turns, no lock and a
+head turn queued more than ``TURN_LOCK_SECONDS`` ago gets a new job. Its turn then runs (or is
+replayed from Postgres) and its reply goes out, once, within about three lock periods.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 import sqlalchemy as sa
 from rq import Retry, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from twilio.base.exceptions import TwilioRestException
 
 from .conversations import Conversation
@@ -180,12 +191,88 @@ def enqueue_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def recover_stalled_turns(services: Services, *, older_than: float | None = None) -> list[str]:
+    """Enqueue a job for each conversation whose pending turns nobody is running.
+
+    Stalled = turns waiting, the conversation's lock free (a dead holder's has expired) and the
+    head turn queued more than ``older_than`` seconds ago (default ``TURN_LOCK_SECONDS``; a
+    younger one still has its own job coming). Jobs are idempotent, so a job enqueued for a
+    conversation that a live worker drains meanwhile does nothing. Returns the conversation ids.
+    """
+    turns = services.turns
+    older_than = services.settings.lock_ttl_seconds if older_than is None else older_than
+    recovered = []
+    for conversation_id in turns.conversations_with_pending_turns():
+        if turns.is_locked(conversation_id):
+            continue
+        pending = turns.pending(conversation_id)
+        if not pending:
+            continue
+        head = turns.record(conversation_id, pending[0])
+        if head is not None and head.queued_at and time.time() - head.queued_at < older_than:
+            continue
+        job_id = f"recover-{conversation_id}"
+        try:
+            job = Job.fetch(job_id, connection=services.redis)
+            if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                continue  # the previous recovery job has not run yet
+        except NoSuchJobError:
+            pass
+        services.queue.enqueue(
+            process_conversation,
+            conversation_id,
+            job_id=job_id,
+            description=f"recover the stalled turns of conversation {conversation_id}",
+            **enqueue_kwargs(services.settings),
+        )
+        logger.warning(
+            "re-enqueued stalled turns (their worker died?)",
+            extra={"conversation_id": conversation_id, "message_sid": pending[0]},
+        )
+        recovered.append(conversation_id)
+    return recovered
+
+
+class _Recoverer:
+    """Runs :func:`recover_stalled_turns` every ``interval`` seconds in a daemon thread; a
+    short Redis lease lets one worker of the fleet do it per period."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.interval = max(1.0, float(services.settings.lock_ttl_seconds))
+        self.key = f"{services.settings.redis_prefix}recovery-sweep"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="turn-recovery", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                # Expires a little before the next period: one sweep per period, fleet-wide.
+                lease_ms = int(self.interval * 900)
+                if self.services.redis.set(self.key, os.getpid(), nx=True, px=lease_ms):
+                    recover_stalled_turns(self.services)
+            except Exception:  # Redis down, a bad key...: try again next period
+                logger.warning("stalled-turn recovery failed; retrying later", exc_info=True)
+
+    def __enter__(self) -> _Recoverer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+
+
 def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool = True) -> bool:
     """Run an RQ worker on the turn queue until stopped (or, with ``burst``, until it is empty).
 
     ``with_scheduler`` lets this worker also enqueue RQ's delayed retries when they are due.
+    Unless ``burst``, the worker also recovers turns left by dead workers (see the module doc).
     """
     install_services(services)
     worker = SimpleWorker([services.queue], connection=services.redis)
     logger.info("worker listening on queue %s", services.queue.name)
-    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+    if burst:
+        return worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
+    with _Recoverer(services):
+        return worker.work(burst=False, with_scheduler=with_scheduler, logging_level="WARNING")
