@@ -243,10 +243,14 @@ def cleanup_redis(redis_url: str, prefix: str, queue_name: str) -> None:
             queue.failed_job_registry,
             queue.scheduled_job_registry,
             queue.finished_job_registry,
-            queue.started_job_registry,
         ):
             for job_id in registry.get_job_ids():
                 registry.remove(job_id, delete_job=True)
+        # Jobs of killed workers stay "started"; that registry cannot remove entries itself.
+        started = queue.started_job_registry
+        for job_id in started.get_job_ids():
+            client.delete(f"rq:job:{job_id}")
+        client.delete(started.key)
         queue.delete(delete_jobs=True)
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if keys:
