@@ -16,8 +16,8 @@ from sqlalchemy import (
     Column,
     DateTime,
     Identity,
-    Index,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -60,7 +60,10 @@ class MessageTable:
                      payload=None, message_uid=None, created_at=None)
 
     Without ``payload`` the messages are rebuilt from role and content (text only); without
-    ``message_uid`` writes are not idempotent. ``(conversation_id, id)`` must be indexed.
+    ``message_uid`` writes are not idempotent. ``(conversation_id, id)`` must be indexed; if the
+    table also has an index on ``id`` alone (a ``PRIMARY KEY (id)``), PostgreSQL may walk that
+    one backwards for a conversation with many old rows — prefer ``PRIMARY KEY
+    (conversation_id, id)`` as in the default schema.
     """
 
     name: str = "messages"
@@ -89,7 +92,7 @@ class MessageTable:
         metadata = metadata if metadata is not None else MetaData()
         conversation_type = _ID_TYPES[self.conversation_id_type]
         columns: list[Any] = [
-            Column(self.id, BigInteger, Identity(always=False), primary_key=True, key="id"),
+            Column(self.id, BigInteger, Identity(always=False), nullable=False, key="id"),
             Column(self.conversation_id, conversation_type, nullable=False, key="conversation_id"),
         ]
         if self.role is not None:
@@ -112,9 +115,18 @@ class MessageTable:
                     key="created_at",
                 )
             )
-        table = Table(self.name, metadata, *columns, schema=self.schema)
-        # Serves "the last N of one conversation" as one backward index range scan.
-        Index(f"ix_{self.name}_conversation_id_id", table.c.conversation_id, table.c.id)
+        # The primary key (conversation_id, id) serves "the last N of one conversation" as one
+        # backward range scan. No index on id alone: with one, PostgreSQL may walk it backwards
+        # and filter (the equality makes conversation_id redundant in the ORDER BY), reading
+        # every newer row of other conversations — 125 ms instead of 0.06 ms for an old
+        # conversation on 1 M rows. It is also the key a partitioned or Citus table needs.
+        table = Table(
+            self.name,
+            metadata,
+            *columns,
+            PrimaryKeyConstraint("conversation_id", "id", name=f"{self.name}_pkey"),
+            schema=self.schema,
+        )
         if self.message_uid is not None:
             table.append_constraint(
                 UniqueConstraint(

@@ -34,11 +34,13 @@ def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         differences = compare_metadata(context, _target())
-        indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("messages")}
+        index_columns = [ix["column_names"] for ix in sa.inspect(conn).get_indexes("messages")]
+        primary_key = sa.inspect(conn).get_pk_constraint("messages")
         uniques = {uq["name"] for uq in sa.inspect(conn).get_unique_constraints("messages")}
     engine.dispose()
     assert differences == []
-    assert "ix_messages_conversation_id_id" in indexes
+    assert primary_key["constrained_columns"] == ["conversation_id", "id"]
+    assert ["id"] not in index_columns  # nothing on id alone for the planner to walk
     assert "uq_messages_conversation_id_message_uid" in uniques
 
 

@@ -55,6 +55,7 @@ async def test_recent_reads_only_the_window_on_a_million_rows(
     table = memory.store.mapping.name
     with sql_engine.connect() as conn:
         load(conn, table, "'old'", 200)
+        load(conn, table, "'old-long'", 50_000)  # a large share of the table, all old rows
         load(conn, table, "'bg-' || (i % 50000)", BACKGROUND_ROWS)
         load(conn, table, "'new'", 200)
         conn.execute(sa.text(f"ANALYZE {table}"))
@@ -65,10 +66,10 @@ async def test_recent_reads_only_the_window_on_a_million_rows(
         dialect=sql_engine.dialect, compile_kwargs={"literal_binds": True}
     )
     sql = str(compiled).replace("'old'", ":sid")
-    index = f"ix_{table}_conversation_id_id"
+    index = f"{table}_pkey"  # (conversation_id, id)
     # The store's own pool, with its session settings, is what production uses.
     with memory.store.engine.connect() as conn:
-        for sid in ("old", "new", "long-new", "bg-7"):
+        for sid in ("old", "old-long", "new", "long-new", "bg-7"):
             plan = plan_of(conn, sql, {"sid": sid})
             scans = [n for n in nodes(plan) if "Scan" in n["Node Type"]]
             assert [s["Node Type"] for s in scans] == ["Index Scan"], json.dumps(plan)
@@ -80,7 +81,7 @@ async def test_recent_reads_only_the_window_on_a_million_rows(
         # The generic plan of a prepared statement (asyncpg prepares) keeps the index too.
         conn.execute(sa.text("SET plan_cache_mode = force_generic_plan"))
         conn.execute(sa.text(f"PREPARE recent_q(text) AS {sql.replace(':sid', '$1')}"))
-        for sid in ("old", "long-new"):
+        for sid in ("old", "old-long", "long-new"):
             raw = conn.execute(
                 sa.text(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE recent_q('{sid}')")
             ).scalar()

@@ -51,7 +51,7 @@ def upgrade() -> None:
         return  # made earlier by HybridMemory.create_schema(): the same schema, keep its rows
     op.create_table(
         "messages",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("conversation_id", sa.Text(), nullable=False),
         sa.Column("role", sa.Text(), nullable=False),
         sa.Column("content", sa.Text(), nullable=False),
@@ -61,14 +61,15 @@ def upgrade() -> None:
         sa.Column(
             "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
+        # (conversation_id, id) serves the window query; no index on id alone (see the
+        # library's schema.py for why).
+        sa.PrimaryKeyConstraint("conversation_id", "id", name="messages_pkey"),
         sa.UniqueConstraint(
             "conversation_id", "message_uid", name="uq_messages_conversation_id_message_uid"
         ),
     )
-    op.create_index("ix_messages_conversation_id_id", "messages", ["conversation_id", "id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_messages_conversation_id_id", table_name="messages")
     op.drop_table("messages")
     op.drop_table("conversations")
