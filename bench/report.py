@@ -320,6 +320,14 @@ def chart(cells: list[Cell], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
+    try:  # a palette PNG is a third of the size (the chart is committed as docs/bench-latency.png)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            small = image.convert("RGB").quantize(colors=64)
+        small.save(path, optimize=True)
+    except Exception:
+        pass
 
 
 def write_all(
