@@ -130,6 +130,7 @@ class MessageStore:
             self._payload_cols: tuple[Any, ...] = (cast(c.payload, Text),)
         else:
             self._payload_cols = (c.role, c.content)
+        self._insert = self._insert_stmt()
 
     @classmethod
     def from_url(
@@ -217,10 +218,22 @@ class MessageStore:
         c = self.table.c
         return delete(self.table).where(c.conversation_id == self.conversation_key(session_id))
 
-    def _append_stmt(
+    def _insert_stmt(self) -> Executable:
+        """The INSERT, built once: executed with a list of rows, SQLAlchemy's insertmanyvalues
+        sends one multi-row statement and compiles it once (a ``.values([...])`` statement is
+        recompiled on every call: 40 % of a write)."""
+        c = self.table.c
+        stmt = pg_insert(self.table)
+        if self.mapping.message_uid is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=[c.conversation_id, c.message_uid])
+            return stmt.returning(c.id, c.message_uid)
+        return stmt.returning(c.id)
+
+    def _append_rows(
         self, session_id: str, messages: Sequence[EncodedMessage]
-    ) -> tuple[Executable, list[str | None]]:
-        """The INSERT and the uid each input row was written with (``None``: no uid column)."""
+    ) -> tuple[list[dict[str, Any]], list[str | None]]:
+        """The rows to insert and the uid each input row was written with (``None``: no uid
+        column, or a repeat within the call)."""
         m = self.mapping
         key = self.conversation_key(session_id)
         uids: list[str | None] = []
@@ -245,12 +258,7 @@ class MessageStore:
                 row["message_uid"] = uid
             uids.append(uid)
             values.append(row)
-        c = self.table.c
-        stmt = pg_insert(self.table).values(values)
-        if m.message_uid is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=[c.conversation_id, c.message_uid])
-            return stmt.returning(c.id, c.message_uid), uids
-        return stmt.returning(c.id), uids
+        return values, uids
 
     def _rows(self, result: Any) -> list[StoredMessage]:
         if self.mapping.payload is not None:
@@ -426,11 +434,11 @@ class MessageStore:
         """
         if not messages:
             return []
-        stmt, uids = self._append_stmt(session_id, messages)
+        rows, uids = self._append_rows(session_id, messages)
         has_uid = self.mapping.message_uid is not None
         return self._run(
             f"store {len(messages)} message(s)",
-            lambda conn: self._new_ids(conn.execute(stmt), uids, has_uid),
+            lambda conn: self._new_ids(conn.execute(self._insert, rows), uids, has_uid),
             idempotent=has_uid,
         )
 
@@ -440,11 +448,11 @@ class MessageStore:
         """Async :meth:`append`."""
         if not messages:
             return []
-        stmt, uids = self._append_stmt(session_id, messages)
+        rows, uids = self._append_rows(session_id, messages)
         has_uid = self.mapping.message_uid is not None
 
         async def work(conn: AsyncConnection) -> list[int | None]:
-            return self._new_ids(await conn.execute(stmt), uids, has_uid)
+            return self._new_ids(await conn.execute(self._insert, rows), uids, has_uid)
 
         return await self._arun(f"store {len(messages)} message(s)", work, idempotent=has_uid)
 
