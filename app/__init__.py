@@ -13,6 +13,8 @@ from .settings import Settings
 
 __all__ = ["create_app"]
 
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = 1.0
+
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the Flask app.
@@ -45,6 +47,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         strategy="moving-window",
         # Redis down: let the message through (it is still signed and stored) rather than 500.
         swallow_errors=True,
+        # Redis stalled: the same, after a second (the default client would wait 5 s, or
+        # forever, on a server that accepts but does not answer).
+        storage_options={
+            "socket_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
+            "socket_connect_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
+        },
         headers_enabled=False,
     )
     app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))

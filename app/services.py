@@ -57,6 +57,8 @@ def webhook_auth_token(settings: Settings) -> str:
     return token
 
 
+TURNS_REDIS_TIMEOUT_SECONDS = 2.0
+
 # A REST call that gets no answer fails (the job is retried) instead of holding a worker.
 TWILIO_HTTP_TIMEOUT_SECONDS = 30.0
 
@@ -135,9 +137,14 @@ def build_services(
         agent = ChatAgent(memory, settings)
     metrics = metrics or Metrics()
     metrics.watch_memory(memory)
-    # Its own client: RQ's blocking reads and the lock heartbeat need longer timeouts than the
-    # memory cache's 250 ms.
-    client = redis.Redis.from_url(urls.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    # Its own client: turn states, locks and their heartbeat, enqueueing jobs. Longer timeouts
+    # than the memory cache's 250 ms, yet short enough that a stalled Redis costs a webhook
+    # seconds, not Twilio's whole 15 s (RQ's blocking reads use a connection of their own).
+    client = redis.Redis.from_url(
+        urls.redis_url,
+        socket_timeout=TURNS_REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=TURNS_REDIS_TIMEOUT_SECONDS,
+    )
     queue = Queue(settings.queue_name, connection=client)
     metrics.watch_queue_depth(lambda: queue.count)
     turns = TurnCoordinator(

@@ -25,8 +25,9 @@ import threading
 import time
 from typing import Any
 
+import redis
 import sqlalchemy as sa
-from rq import Retry, SimpleWorker
+from rq import Queue, Retry, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from twilio.base.exceptions import TwilioRestException
@@ -270,9 +271,16 @@ def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool 
     Unless ``burst``, the worker also recovers turns left by dead workers (see the module doc).
     """
     install_services(services)
-    worker = SimpleWorker([services.queue], connection=services.redis)
+    # RQ's blocking dequeue raises its connection's socket timeout to minutes: give it a
+    # connection of its own, so the turns' client keeps its short timeouts.
+    connection = redis.Redis.from_url(services.urls.redis_url, socket_connect_timeout=5)
+    queue = Queue(services.queue.name, connection=connection)
+    worker = SimpleWorker([queue], connection=connection)
     logger.info("worker listening on queue %s", services.queue.name)
-    if burst:
-        return worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
-    with _Recoverer(services):
-        return worker.work(burst=False, with_scheduler=with_scheduler, logging_level="WARNING")
+    try:
+        if burst:
+            return worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
+        with _Recoverer(services):
+            return worker.work(burst=False, with_scheduler=with_scheduler, logging_level="WARNING")
+    finally:
+        connection.close()

@@ -124,7 +124,7 @@ class AppProcess:
             os.killpg(self.proc.pid, sig)
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.alive():
+        if self.alive() and grace > 0:
             self.kill(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(grace)
@@ -160,9 +160,17 @@ class ProcessGroup:
     def worker(self, name: str, **env: str) -> AppProcess:
         return self.start(name, ["worker"], **env)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM every process at once, SIGKILL what is left after ``grace`` seconds."""
         for proc in self.procs:
-            proc.stop()
+            if proc.alive():
+                proc.kill(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.proc.wait(max(0.0, deadline - time.monotonic()))
+        for proc in self.procs:
+            proc.stop(grace=0)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} (pid {p.pid}) ---\n{p.tail()}" for p in self.procs)

@@ -43,7 +43,7 @@ from .app_support import (
 )
 
 LOCK_SECONDS = 2
-THINK_SECONDS = 4.0
+THINK_SECONDS = 3.0
 
 
 @dataclass
@@ -119,7 +119,7 @@ def test_a_worker_killed_mid_turn_is_recovered_and_the_turn_runs_exactly_once(
     assert replies(post_signed(client, first)) == []  # acked, stored, enqueued
     conversation_id = _conversation(crash.engine)
     lock_key = f"{crash.prefix}lock:{{{conversation_id}}}"
-    # The doomed worker starts, takes the job and the lock, and "thinks" for 4 s.
+    # The doomed worker starts, takes the job and the lock, and "thinks" for 3 s.
     assert wait_until(lambda: crash.redis.exists(lock_key), 90, interval=0.05), crash.group.logs()
     time.sleep(0.5)  # well inside the model call
     assert [row.message_uid for row in _rows(crash.engine)] == [first["MessageSid"]]
@@ -139,7 +139,7 @@ def test_a_worker_killed_mid_turn_is_recovered_and_the_turn_runs_exactly_once(
     second = form("and after it")
     assert replies(post_signed(client, second)) == []
     assert wait_until(lambda: len(crash.capture.calls) >= 2, 60, interval=0.05), crash.group.logs()
-    time.sleep(LOCK_SECONDS * 2)  # a second recovery, a duplicate send, would show by now
+    time.sleep(LOCK_SECONDS + 1)  # a second recovery, a duplicate send, would show by now
 
     one, two = first["MessageSid"], second["MessageSid"]
     assert [row.message_uid for row in _rows(crash.engine)] == [one, f"{one}:1", two, f"{two}:1"]
