@@ -34,6 +34,7 @@ from app.server import migrate_database
 from lc_hybrid_memory.store import sync_url
 
 from .app_processes import (
+    AppProcess,
     ProcessGroup,
     TwilioCapture,
     app_env,
@@ -61,6 +62,8 @@ class Cluster:
     capture: TwilioCapture
     engine: sa.Engine
     group: ProcessGroup
+    instances: list[AppProcess]
+    ports: list[int]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def cluster(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             urls = [f"http://127.0.0.1:{port}" for port in ports]
             for url, proc in zip(urls, instances, strict=True):
                 wait_healthy(url, proc)
-            yield Cluster(urls, capture, engine, group)
+            yield Cluster(urls, capture, engine, group, instances, ports)
         finally:
             group.stop()
             engine.dispose()
@@ -121,31 +124,52 @@ class Load:
     statuses: Counter[int] = field(default_factory=Counter)
     ack_seconds: list[float] = field(default_factory=list)
     duplicates: int = 0
+    fallbacks: int = 0  # deliveries retried on the other instance after a connection error
+    acked: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, status: int, seconds: float) -> None:
         with self.lock:
             self.statuses[status] += 1
-            self.ack_seconds.append(seconds)
+            if status == 200:
+                self.acked += 1
+                self.ack_seconds.append(seconds)
+
+
+CONNECTION_FAILED = 0  # the instance is gone: no HTTP status at all
 
 
 def post(session: requests.Session, url: str, fields: dict[str, str], load: Load) -> int:
     started = time.monotonic()
-    response = session.post(
-        url + WEBHOOK,
-        data=fields,
-        headers={"X-Twilio-Signature": signature(fields)},
-        timeout=30,
-    )
+    try:
+        response = session.post(
+            url + WEBHOOK,
+            data=fields,
+            headers={"X-Twilio-Signature": signature(fields)},
+            timeout=30,
+        )
+    except requests.RequestException:
+        load.record(CONNECTION_FAILED, time.monotonic() - started)
+        return CONNECTION_FAILED
     load.record(response.status_code, time.monotonic() - started)
     return response.status_code
 
 
 def run_load(
-    cluster: Cluster, conversations: int, messages: int, *, seed: int, tag: str
+    cluster: Cluster,
+    conversations: int,
+    messages: int,
+    *,
+    seed: int,
+    tag: str,
+    kill_first_instance_after: int | None = None,
 ) -> tuple[Load, float]:
     """Each conversation posts its messages in order (each after the previous ack), to a random
-    instance; ~20 % are delivered again to the other one, concurrently or after the ack."""
+    instance; ~20 % are delivered again to the other one, concurrently or after the ack.
+
+    ``kill_first_instance_after``: SIGKILL the first instance (gunicorn master and workers)
+    after that many acks; a delivery that finds it gone goes to the other one, as Twilio's
+    fallback URL would."""
     load = Load()
     rng = random.Random(seed)
     plans = []
@@ -167,7 +191,13 @@ def run_load(
                         target=post, args=(other_session, other, fields, load)
                     )
                     racing.start()
-                post(session, cluster.urls[instance], fields, load)
+                status = post(session, cluster.urls[instance], fields, load)
+                for _ in range(3):  # the instance died under us: the fallback URL
+                    if status != CONNECTION_FAILED:
+                        break
+                    with load.lock:
+                        load.fallbacks += 1
+                    status = post(other_session, other, fields, load)
                 if racing is not None:
                     racing.join(60)
                 elif dice < 0.2:  # the duplicate comes after the ack
@@ -176,8 +206,15 @@ def run_load(
                     with load.lock:
                         load.duplicates += 1
 
+    def killer() -> None:
+        assert kill_first_instance_after is not None
+        wait_until(lambda: load.acked >= kill_first_instance_after, 120, interval=0.01)
+        cluster.instances[0].kill()
+
     started = time.monotonic()
     threads = [threading.Thread(target=converse, args=plan) for plan in plans]
+    if kill_first_instance_after is not None:
+        threads.append(threading.Thread(target=killer))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -267,12 +304,13 @@ def check_and_report(cluster: Cluster, load: Load, started: float, *, timeout: f
     for sender, texts in load.sent.items():
         bodies = [call["form"]["Body"] for call in sent if call["form"]["To"] == sender]
         assert bodies == [expected_answer(text, i) for i, (_, text) in enumerate(texts)]
-    assert set(load.statuses) == {200}, load.statuses  # no 5xx, no refusal
+    assert set(load.statuses) - {CONNECTION_FAILED} == {200}, load.statuses  # no 5xx, no 4xx
 
     print(
         f"\nscale-out: 2 instances × 2 gunicorn workers + 2 RQ workers; "
         f"{len(senders)} conversations, turns={total}, webhooks={sum(load.statuses.values())} "
-        f"(duplicates sent={load.duplicates}), inbound rows={len(uid_counts) - total}, "
+        f"(duplicates sent={load.duplicates}, failed over={load.fallbacks}), "
+        f"inbound rows={len(uid_counts) - total}, "
         f"answer rows={total}, replies sent={len(sent)}, lost=0, duplicated=0, 5xx=0; "
         f"ack latency p50={percentile(load.ack_seconds, 0.5) * 1000:.0f} ms "
         f"p99={percentile(load.ack_seconds, 0.99) * 1000:.0f} ms "
@@ -292,3 +330,24 @@ def test_two_instances_and_two_workers_keep_exactly_once_and_order(cluster: Clus
 def test_two_instances_and_two_workers_under_longer_load(cluster: Cluster) -> None:
     load, started = run_load(cluster, conversations=20, messages=5, seed=next(_seeds), tag="long")
     check_and_report(cluster, load, started, timeout=300)
+
+
+@pytest.mark.slow
+def test_an_instance_sigkilled_under_load_loses_and_duplicates_nothing(cluster: Cluster) -> None:
+    """Gunicorn's master and workers SIGKILLed mid-load, requests in flight: a message stored
+    without its ack is delivered again to the other instance (Twilio's fallback URL)."""
+    load, started = run_load(
+        cluster,
+        conversations=20,
+        messages=5,
+        seed=next(_seeds),
+        tag="kill",
+        kill_first_instance_after=40,
+    )
+    try:
+        check_and_report(cluster, load, started, timeout=300)
+    finally:
+        # Back to two instances for whatever runs next on this cluster.
+        restarted = cluster.group.serve("app0-restarted", cluster.ports[0])
+        cluster.instances[0] = restarted
+        wait_healthy(cluster.urls[0], restarted)
