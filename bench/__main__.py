@@ -230,7 +230,33 @@ def _meta(srv: Any, mode: str, lengths: list[int], bg: int) -> dict[str, Any]:
         "background_rows": bg,
         "data": "",
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "library": _library_revision(),
     }
+
+
+def _library_revision() -> str:
+    """The commit the library was measured at (and whether lc_hybrid_memory/ had local edits)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "lc_hybrid_memory"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" + local edits in lc_hybrid_memory/" if dirty else "")
 
 
 def _round_trips(srv, admin, scenarios, rt_lengths, calls, log) -> list:

@@ -176,6 +176,7 @@ def markdown(
     lengths = sorted({cell.length for cell in cells})
     lines = [f"Run: {meta['date']} — {meta['mode']}", ""]
     lines += [f"- machine: {meta['machine']}", f"- servers: {meta['servers']}"]
+    lines += [f"- library: lc-hybrid-memory at commit {meta.get('library', 'unknown')}"]
     lines += [f"- versions: {meta['versions']}", f"- data: {meta['data']}"]
     lines += [
         f"- load average before / after: {meta.get('load_before')} / {meta.get('load_after')}"
