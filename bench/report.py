@@ -111,6 +111,17 @@ def targets(cells: list[Cell], rts: list[RoundTrips], lengths: list[int]) -> lis
         ratio(p50("cold", longest, "ours"), p50("cold", base, "ours")),
         1.2,
     )
+    # The same, with machine drift between the two cells taken out: each cell's p50 divided by
+    # its own floor (the floor does not depend on the conversation's length).
+    for scenario, floor in (("warm", "floor_lrange"), ("cold", "floor_miss")):
+        add(
+            f"flat, drift-corrected: {scenario} (ours ÷ {floor}) at {longest} / at {base} ≤ 1.2",
+            ratio(
+                ratio(p50(scenario, longest, "ours"), p50(scenario, longest, floor)),
+                ratio(p50(scenario, base, "ours"), p50(scenario, base, floor)),
+            ),
+            1.2,
+        )
     add(
         f"flat: cold read of {base}, big table / table without background rows ≤ 1.2",
         ratio(p50("cold", base, "ours"), p50("cold", base, "ours_empty")),
