@@ -167,20 +167,22 @@ harness = app_support.harness  # the fixture, under its name in this module
 def test_recovery_picks_only_stalled_conversations_and_enqueues_once(
     harness: AppHarness,
 ) -> None:
-    app = harness.app(fake_model("recovered"), reply_mode="async", lock_ttl_seconds=1)
+    app = harness.app(fake_model("recovered"), reply_mode="async", lock_ttl_seconds=30)
     services = app.extensions["hybrid_memory"]
     client = app.test_client()
     stalled, busy = form("a", sender="+15550000001"), form("b", sender="+15550000002")
-    post_signed(client, stalled)
-    post_signed(client, busy)
+    young = form("c", sender="+15550000003")
+    for fields in (stalled, busy, young):
+        post_signed(client, fields)
     services.queue.empty()  # their jobs died with a worker
     ids = {row["contact"]: row["id"] for row in harness.rows("conversations")}
-    services.redis.set(services.turns.lock_key(ids["+15550000002"]), "live-holder", px=10_000)
-    time.sleep(1.1)  # both heads are now older than the lock ttl
-    young = form("c", sender="+15550000003")
-    post_signed(client, young)  # just queued: its own job is coming
-    services.queue.empty()
+    for contact, fields in (("+15550000001", stalled), ("+15550000002", busy)):
+        # Queued a minute ago (longer than the lock ttl): stalled unless someone holds the lock.
+        key = services.turns.turn_key(ids[contact], fields["MessageSid"])
+        services.redis.hset(key, "queued_at", repr(time.time() - 60))
+    services.redis.set(services.turns.lock_key(ids["+15550000002"]), "live-holder", px=30_000)
 
+    # The young one (queued just now) still has its own job coming: not touched.
     assert recover_stalled_turns(services) == [ids["+15550000001"]]
     assert recover_stalled_turns(services) == []  # its recovery job is still queued
     run_worker(services, burst=True, with_scheduler=False)
