@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, cast, delete, func, select, text, update
+from sqlalchemy import Text, and_, cast, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -174,13 +174,25 @@ class MessageStore:
                 f"session id {session_id!r} is not a valid {kind} conversation id"
             ) from exc
 
+    def _in_conversation(self, session_id: str) -> Any:
+        """``conversation_id = :key``, written as a closed range for the ordered queries.
+
+        With an equality PostgreSQL treats the column as a constant and drops it from
+        ``ORDER BY conversation_id, id``; on a table that also has an index on ``id`` alone (an
+        application's ``PRIMARY KEY (id)``) it may then walk that index and filter, reading
+        every newer row of other conversations: 915 ms instead of 0.07 ms for an old
+        conversation on 1 M rows. The range keeps the ORDER BY whole, so only the
+        ``(conversation_id, id)`` index can serve it, as one range scan of the window.
+        """
+        c = self.table.c
+        key = self.conversation_key(session_id)
+        return and_(c.conversation_id >= key, c.conversation_id <= key)
+
     def _recent_stmt(self, session_id: str, limit: int) -> Executable:
         c = self.table.c
-        # Ordering by (conversation_id, id) lets only the composite index serve the query;
-        # ordering by id alone tempts the planner to walk the primary key backwards.
         return (
             select(c.id, *self._payload_cols)
-            .where(c.conversation_id == self.conversation_key(session_id))
+            .where(self._in_conversation(session_id))
             .order_by(c.conversation_id.desc(), c.id.desc())
             .limit(limit)
         )
@@ -189,7 +201,7 @@ class MessageStore:
         c = self.table.c
         return (
             select(c.id, *self._payload_cols)
-            .where(c.conversation_id == self.conversation_key(session_id))
+            .where(self._in_conversation(session_id))
             .order_by(c.conversation_id, c.id)
         )
 
@@ -201,7 +213,7 @@ class MessageStore:
         searched = c.content if self.mapping.content is not None else cast(c.payload, Text)
         stmt = (
             select(c.id, *self._payload_cols)
-            .where(c.conversation_id == self.conversation_key(session_id))
+            .where(self._in_conversation(session_id))
             .where(searched.ilike(pattern, escape="\\"))
             .order_by(c.conversation_id.desc(), c.id.desc())
             .limit(limit)

@@ -260,3 +260,41 @@ async def test_provider_sid_is_recorded_on_a_stored_message(memory: HybridMemory
     with memory.store.engine.connect() as conn:
         rows = conn.execute(sa.select(t.c.message_uid, t.c.provider_sid).order_by(t.c.id)).all()
     assert [tuple(r) for r in rows] == [("SM1", None), ("SM1:1", "SMreply")]
+
+
+def test_window_on_an_app_table_with_a_primary_key_on_id_reads_only_the_window(
+    memory_factory: MemoryFactory, sql_engine: sa.Engine, unique: str
+) -> None:
+    """An application's own table often has PRIMARY KEY (id): the planner must still not walk
+    it backwards for an old conversation holding a large share of the rows."""
+    name = f"app_messages_{unique}"
+    with sql_engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {name} (id bigserial PRIMARY KEY, conversation_id text NOT NULL, "
+                "role text NOT NULL, content text NOT NULL, payload jsonb NOT NULL, "
+                "message_uid text, provider_sid text, created_at timestamptz NOT NULL "
+                "DEFAULT now(), UNIQUE (conversation_id, message_uid))"
+            )
+        )
+        conn.execute(sa.text(f"CREATE INDEX {name}_cid_id ON {name} (conversation_id, id)"))
+        load(conn, name, "'old-long'", 20_000)  # the oldest rows
+        load(conn, name, "'bg-' || (i % 10000)", 200_000)  # then everybody else's
+        conn.execute(sa.text(f"ANALYZE {name}"))
+    memory = memory_factory(table=MessageTable(name=name))
+    try:
+        compiled = memory.store._recent_stmt("old-long", 51).compile(
+            dialect=sql_engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+        with memory.store.engine.connect() as conn:
+            plan = plan_of(conn, str(compiled), {})
+        scans = [n for n in nodes(plan) if "Scan" in n["Node Type"]]
+        assert [(s["Index Name"], s["Actual Rows"]) for s in scans] == [(f"{name}_cid_id", 51)], (
+            json.dumps(plan)
+        )
+        assert scans[0].get("Rows Removed by Filter", 0) == 0
+        assert len(memory.get_messages("old-long")) == 50
+        assert len(memory.get_messages("old-long", None)) == 20_000
+    finally:
+        with sql_engine.connect() as conn:
+            conn.execute(sa.text(f"DROP TABLE {name}"))
