@@ -233,6 +233,14 @@ class EmbeddedRedisCluster:
 
     def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
         """Start the nodes, assign the 16384 slots, and wait until the cluster is ok."""
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()  # never leave half a cluster running
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
         import redis
 
         for node in self.nodes:
@@ -255,7 +263,6 @@ class EmbeddedRedisCluster:
                     time.sleep(0.1)
             finally:
                 client.close()
-        return self
 
     def stop(self) -> None:
         for node in self.nodes:
