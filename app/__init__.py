@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response
 from flask_limiter import Limiter
@@ -14,6 +15,24 @@ from .settings import Settings
 __all__ = ["create_app"]
 
 RATE_LIMIT_REDIS_TIMEOUT_SECONDS = 1.0
+
+
+def rate_limit_storage(redis_url: str, *, cluster: bool = False) -> tuple[str, dict[str, Any]]:
+    """Flask-Limiter's storage URI for ``redis_url``, and the options it needs beyond it.
+
+    A Redis Cluster is ``redis+cluster://[user:password@]host:port`` for the ``limits``
+    library (a cluster has no database number); ``rediss://`` becomes its ``ssl`` option.
+    """
+    if not cluster:
+        return redis_url, {}
+    parts = urlsplit(redis_url)
+    host = parts.hostname or "localhost"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    auth = parts.netloc.rpartition("@")[0]
+    location = f"{host}:{parts.port or 6379}"
+    uri = f"redis+cluster://{auth}@{location}" if auth else f"redis+cluster://{location}"
+    return uri, {"ssl": True} if parts.scheme == "rediss" else {}
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -39,10 +58,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     services = build_services(settings, **overrides)
     app.extensions["hybrid_memory"] = services
+    storage_uri, storage_options = rate_limit_storage(
+        services.urls.redis_url, cluster=settings.redis_cluster
+    )
     limiter = Limiter(
         key_func=twilio_webhook.sender_key,
         app=app,
-        storage_uri=services.urls.redis_url,
+        storage_uri=storage_uri,
         key_prefix=f"{settings.redis_prefix}limits",
         strategy="moving-window",
         # Redis down: let the message through (it is still signed and stored) rather than 500.
@@ -52,6 +74,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         storage_options={
             "socket_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
             "socket_connect_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
+            **storage_options,
         },
         headers_enabled=False,
     )

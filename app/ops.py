@@ -9,10 +9,11 @@ import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.cluster import RedisCluster
 
 from lc_hybrid_memory.store import sync_url
 
-from .services import Services
+from .services import Services, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class ReadinessChecks:
     """Probes with their own short timeouts: a stalled server makes /readyz answer 503 within
     seconds instead of hanging on a pooled connection (the app's clients wait much longer)."""
 
-    def __init__(self, database_url: str, redis_url: str) -> None:
+    def __init__(self, database_url: str, redis_url: str, *, cluster: bool = False) -> None:
         # A fresh connection per check (NullPool): nothing stale, and libpq's connect_timeout
         # bounds a server that accepts but never answers.
         self.engine = sa.create_engine(
@@ -34,11 +35,19 @@ class ReadinessChecks:
                 "options": f"-c statement_timeout={CHECK_TIMEOUT_SECONDS * 1000}",
             },
         )
-        self.redis = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=CHECK_TIMEOUT_SECONDS,
-            socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
-        )
+        self.redis_url = redis_url
+        self.cluster = cluster
+        self._redis: redis.Redis | RedisCluster | None = None
+
+    @property
+    def redis(self) -> redis.Redis | RedisCluster:
+        # Built on first use: a cluster client connects (to learn the slots) when built, and a
+        # cluster that is down must make /readyz answer 503, not the app fail to start.
+        if self._redis is None:
+            self._redis = redis_client(
+                self.redis_url, cluster=self.cluster, timeout=CHECK_TIMEOUT_SECONDS
+            )
+        return self._redis
 
     def run(self) -> dict[str, str]:
         checks: dict[str, str] = {}
@@ -49,7 +58,7 @@ class ReadinessChecks:
         except Exception as exc:  # any failure means "not ready", with the reason
             checks["postgres"] = f"error: {type(exc).__name__}"
         try:
-            self.redis.ping()
+            self.redis.ping()  # on a cluster: every node
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"error: {type(exc).__name__}"
@@ -58,7 +67,11 @@ class ReadinessChecks:
 
 def create_blueprint(services: Services) -> Blueprint:
     blueprint = Blueprint("ops", __name__)
-    checks = ReadinessChecks(services.urls.database_url, services.urls.redis_url)
+    checks = ReadinessChecks(
+        services.urls.database_url,
+        services.urls.redis_url,
+        cluster=services.settings.redis_cluster,
+    )
 
     @blueprint.get("/healthz")
     def healthz() -> Response:

@@ -23,6 +23,11 @@ class StorageURLs:
 def storage_urls(settings: Settings) -> StorageURLs:
     """``DATABASE_URL``/``REDIS_URL`` when both are set; otherwise start (or reuse) the embedded
     servers under ``settings.data_dir``, stopped when the process that started them exits."""
+    if settings.redis_cluster and not settings.redis_url:
+        raise ValueError(
+            "REDIS_CLUSTER needs REDIS_URL (a node of the cluster): the embedded Redis is a "
+            "single server"
+        )
     if settings.database_url and settings.redis_url:
         return StorageURLs(settings.redis_url, settings.database_url, embedded=False)
     if settings.database_url or settings.redis_url:
@@ -43,4 +48,5 @@ def open_memory(settings: Settings, urls: StorageURLs | None = None) -> HybridMe
         redis_url=urls.redis_url,
         database_url=urls.database_url,
         ttl_seconds=settings.memory_ttl_seconds,
+        cluster=settings.redis_cluster,
     )

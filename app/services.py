@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 from rq import Queue
 from twilio.http.http_client import TwilioHttpClient
 
@@ -59,6 +60,24 @@ def webhook_auth_token(settings: Settings) -> str:
 
 TURNS_REDIS_TIMEOUT_SECONDS = 2.0
 
+
+def check_redis_cluster_support(settings: Settings) -> None:
+    """Refuse what does not work on a Redis Cluster before anything is opened."""
+    if settings.redis_cluster and settings.reply_mode == "async":
+        raise ValueError(
+            "REDIS_CLUSTER does not work with REPLY_MODE=async: its job queue (RQ) needs a "
+            "single Redis, RQ does not support Redis Cluster; use REPLY_MODE=inline"
+        )
+
+
+def redis_client(
+    url: str, *, cluster: bool = False, timeout: float = TURNS_REDIS_TIMEOUT_SECONDS
+) -> redis.Redis | RedisCluster:
+    """A client of the Redis (or, with ``cluster``, the Redis Cluster) at ``url``."""
+    factory = RedisCluster.from_url if cluster else redis.Redis.from_url
+    return factory(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 # A REST call that gets no answer fails (the job is retried) instead of holding a worker.
 TWILIO_HTTP_TIMEOUT_SECONDS = 30.0
 
@@ -103,7 +122,7 @@ class Services:
     urls: StorageURLs
     memory: HybridMemory
     agent: Any  # app.agent.ChatAgent (or anything with its run_turn)
-    redis: redis.Redis
+    redis: redis.Redis | RedisCluster
     conversations: ConversationStore
     turns: TurnCoordinator
     queue: Queue
@@ -129,6 +148,7 @@ def build_services(
     Tests pass ``memory`` (on their own database), ``agent`` (with a fake model) and
     ``twilio_client`` (capturing HTTP); production builds them all from ``settings``.
     """
+    check_redis_cluster_support(settings)
     urls = storage_urls(settings)
     memory = memory or open_memory(settings, urls)
     if agent is None:
@@ -140,11 +160,9 @@ def build_services(
     # Its own client: turn states, locks and their heartbeat, enqueueing jobs. Longer timeouts
     # than the memory cache's 250 ms, yet short enough that a stalled Redis costs a webhook
     # seconds, not Twilio's whole 15 s (RQ's blocking reads use a connection of their own).
-    client = redis.Redis.from_url(
-        urls.redis_url,
-        socket_timeout=TURNS_REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=TURNS_REDIS_TIMEOUT_SECONDS,
-    )
+    client = redis_client(urls.redis_url, cluster=settings.redis_cluster)
+    # On a Redis Cluster (inline mode only, see check_redis_cluster_support) nothing is ever
+    # enqueued: the queue only reports its depth, 0.
     queue = Queue(settings.queue_name, connection=client)
     metrics.watch_queue_depth(lambda: queue.count)
     turns = TurnCoordinator(

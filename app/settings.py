@@ -58,6 +58,7 @@ class Settings:
     # Storage. None → embedded servers under data_dir (make run, tests).
     database_url: str | None = None
     redis_url: str | None = None
+    redis_cluster: bool = False  # REDIS_URL is a node of a Redis Cluster (inline mode only)
     data_dir: Path = field(default_factory=lambda: Path(".data"))
 
     # Twilio.
@@ -111,6 +112,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             redis_url=env.get("REDIS_URL") or None,
+            redis_cluster=_bool(env, "REDIS_CLUSTER") or False,
             data_dir=Path(env.get("HYBRID_MEMORY_DATA_DIR") or ".data"),
             twilio_auth_token=auth_token,
             twilio_account_sid=account_sid,

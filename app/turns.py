@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from redis.exceptions import LockError
+from redis.cluster import RedisCluster
+from redis.exceptions import LockError, RedisClusterException
 
 from .observability import Metrics, Stopwatch
 
@@ -115,7 +116,7 @@ class _Heartbeat:
         while not self.stopped.wait(self.interval):
             try:
                 self.lock.reacquire()
-            except (LockError, redis.RedisError) as exc:
+            except (LockError, redis.RedisError, RedisClusterException) as exc:
                 logger.warning(
                     "lost the conversation lock (%s); another worker may take over",
                     exc,
@@ -137,7 +138,7 @@ class TurnCoordinator:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         agent: TurnAgent,
         *,
         metrics: Metrics,
