@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, request
 from flask_limiter import Limiter
 from langchain_core.messages import HumanMessage
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
@@ -255,7 +255,7 @@ def _accept(svc: Services, inbound: InboundMessage) -> Response:
         if svc.settings.reply_mode == "async":
             return _hand_to_worker(svc, conversation.id, inbound.message_sid, is_new)
         return _reply_inline(svc, conversation.id, inbound.message_sid, is_new)
-    except RedisError:
+    except (RedisError, RedisClusterException):  # the latter is no RedisError
         # The message is safe in Postgres; the turn machinery is not reachable.
         svc.metrics.agent_errors.labels(error="RedisUnavailable").inc()
         logger.exception("redis unavailable; replying with the apology", extra=log)
