@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatResult
 from pydantic import Field
+from redis.cluster import RedisCluster
 from twilio.http import HttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import RequestValidator
@@ -146,7 +148,7 @@ class AppHarness:
     settings: Settings
     memory: HybridMemory
     engine: sa.Engine
-    redis: redis.Redis
+    redis: redis.Redis | RedisCluster
     http: CapturingTwilioHttp
     built: list[Services] = field(default_factory=list)
 
@@ -171,15 +173,23 @@ class AppHarness:
         return [row["message_uid"] for row in sorted(self.rows(), key=lambda r: r["id"])]
 
 
-@pytest.fixture
-def harness(
-    servers: Any, fresh_database_url: str, unique: str, tmp_path: Path
+@contextmanager
+def app_harness(
+    redis_url: str,
+    database_url: str,
+    unique: str,
+    data_dir: Path,
+    *,
+    cluster: bool = False,
 ) -> Iterator[AppHarness]:
-    migrate_database(fresh_database_url)
+    """An :class:`AppHarness` on ``database_url`` (migrated here) and the Redis (or, with
+    ``cluster``, the Redis Cluster) at ``redis_url``; its keys and jobs are removed after."""
+    migrate_database(database_url)
     settings = Settings(
-        database_url=fresh_database_url,
-        redis_url=servers.redis_url,
-        data_dir=tmp_path,
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_cluster=cluster,
+        data_dir=data_dir,
         twilio_auth_token=AUTH_TOKEN,
         twilio_account_sid=ACCOUNT_SID,
         public_base_url=PUBLIC_BASE_URL,
@@ -191,24 +201,28 @@ def harness(
         inline_wait_seconds=5,
     )
     memory = HybridMemory.from_urls(
-        redis_url=servers.redis_url, database_url=fresh_database_url, prefix=f"test:{unique}:mem:"
+        redis_url=redis_url,
+        database_url=database_url,
+        prefix=f"test:{unique}:mem:",
+        cluster=cluster,
     )
-    engine = sa.create_engine(sync_url(fresh_database_url))
-    client = redis.Redis.from_url(servers.redis_url)
+    engine = sa.create_engine(sync_url(database_url))
+    client = RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
     harness = AppHarness(settings, memory, engine, client, CapturingTwilioHttp())
     try:
         yield harness
     finally:
         for services in harness.built:
-            queue = services.queue
-            for registry in (
-                queue.failed_job_registry,
-                queue.scheduled_job_registry,
-                queue.finished_job_registry,
-            ):
-                for job_id in registry.get_job_ids():
-                    registry.remove(job_id, delete_job=True)
-            queue.delete(delete_jobs=True)
+            if not cluster:  # RQ needs a single Redis: on a cluster nothing was enqueued
+                queue = services.queue
+                for registry in (
+                    queue.failed_job_registry,
+                    queue.scheduled_job_registry,
+                    queue.finished_job_registry,
+                ):
+                    for job_id in registry.get_job_ids():
+                        registry.remove(job_id, delete_job=True)
+                queue.delete(delete_jobs=True)
             services.redis.close()
         memory.close()
         engine.dispose()
@@ -216,3 +230,11 @@ def harness(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture
+def harness(
+    servers: Any, fresh_database_url: str, unique: str, tmp_path: Path
+) -> Iterator[AppHarness]:
+    with app_harness(servers.redis_url, fresh_database_url, unique, tmp_path) as harness:
+        yield harness
