@@ -234,6 +234,40 @@ def _turn_runner(
     return Runner(call=call, after=after, clock=clock)
 
 
+def _history_runner(
+    factory: Callable[[str], BaseChatMessageHistory],
+    scenario: str,
+    sid: str,
+    heavy: bool,
+    make_undo: Callable[[], Callable[[], Any]],
+) -> Runner | None:
+    """The runner of a scenario for a plain ``BaseChatMessageHistory`` implementation.
+
+    ``make_undo`` returns what removes a write's messages again; it is called only for the
+    write and turn scenarios (it may read the current state, e.g. the last row id).
+    """
+    if scenario == "construct":
+        return Runner(call=lambda: factory(sid))
+    if scenario == "warm":
+        history = factory(sid)
+        return Runner(call=lambda: history.messages, heavy=heavy)
+    if scenario == "new_object":
+        return Runner(call=lambda: factory(sid).messages, heavy=heavy)
+    if scenario == "write":
+        history = factory(sid)
+        batch: list[list[BaseMessage]] = []
+        return Runner(
+            before=lambda: batch.append(new_turn_messages()),
+            call=lambda: history.add_messages(batch.pop()),
+            after=make_undo(),
+        )
+    if scenario == "turn":
+        runner = _turn_runner(factory, sid, make_undo())
+        runner.heavy = heavy
+        return runner
+    return None
+
+
 class Ours(Impl):
     def __init__(
         self, admin: Admin, redis_url: str, database_url: str, *, window: int | None, name: str
@@ -333,32 +367,12 @@ class LcRedis(Impl):
 
     def runner(self, scenario: str, length: int) -> Runner | None:
         sid = ds.sid_for(length)
-        heavy = length > 50
         key = ds.LC_REDIS_PREFIX + sid
 
         def undo() -> None:
             self.admin.redis.lpop(key, 2)
 
-        if scenario == "construct":
-            return Runner(call=lambda: self.factory(sid))
-        if scenario == "warm":
-            history = self.factory(sid)
-            return Runner(call=lambda: history.messages, heavy=heavy)
-        if scenario == "new_object":
-            return Runner(call=lambda: self.factory(sid).messages, heavy=heavy)
-        if scenario == "write":
-            history = self.factory(sid)
-            batch: list[list[BaseMessage]] = []
-            return Runner(
-                before=lambda: batch.append(new_turn_messages()),
-                call=lambda: history.add_messages(batch.pop()),
-                after=undo,
-            )
-        if scenario == "turn":
-            runner = _turn_runner(self.factory, sid, undo)
-            runner.heavy = heavy
-            return runner
-        return None
+        return _history_runner(self.factory, scenario, sid, length > 50, lambda: undo)
 
 
 class LcSql(Impl):
@@ -379,32 +393,12 @@ class LcSql(Impl):
 
     def runner(self, scenario: str, length: int) -> Runner | None:
         sid = ds.sid_for(length)
-        heavy = length > 50
-        if scenario == "construct":
-            return Runner(call=lambda: self.factory(sid))
-        if scenario == "warm":
-            history = self.factory(sid)
-            return Runner(call=lambda: history.messages, heavy=heavy)
-        if scenario == "new_object":
-            return Runner(call=lambda: self.factory(sid).messages, heavy=heavy)
-        if scenario not in ("write", "turn"):
-            return None
-        base = self.admin.max_id(ds.LC_SQL_TABLE, "session_id", sid)
 
-        def undo() -> None:
-            self.admin.trim(ds.LC_SQL_TABLE, "session_id", sid, base)
+        def make_undo() -> Callable[[], Any]:
+            base = self.admin.max_id(ds.LC_SQL_TABLE, "session_id", sid)
+            return lambda: self.admin.trim(ds.LC_SQL_TABLE, "session_id", sid, base)
 
-        if scenario == "write":
-            history = self.factory(sid)
-            batch: list[list[BaseMessage]] = []
-            return Runner(
-                before=lambda: batch.append(new_turn_messages()),
-                call=lambda: history.add_messages(batch.pop()),
-                after=undo,
-            )
-        runner = _turn_runner(self.factory, sid, undo)
-        runner.heavy = heavy
-        return runner
+        return _history_runner(self.factory, scenario, sid, length > 50, make_undo)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -426,34 +420,18 @@ class LcPostgres(Impl):
 
     def runner(self, scenario: str, length: int) -> Runner | None:
         sid = ds.sid_for(length)
-        heavy = length > 50
-        if scenario == "construct":
-            return Runner(call=lambda: self.factory(sid))
-        if scenario == "warm":
-            history = self.factory(sid)
-            return Runner(call=lambda: history.messages, heavy=heavy)
-        if scenario == "new_object":
-            return Runner(call=lambda: self.factory(sid).messages, heavy=heavy)
-        if scenario not in ("write", "turn"):
-            return None
         key = ds.uuid_for(sid)
-        base = self.admin.max_id(ds.LC_PG_TABLE, "session_id", key)
 
-        def undo() -> None:
-            self.conn.rollback()  # end the transaction its reads leave open
-            self.admin.trim(ds.LC_PG_TABLE, "session_id", key, base)
+        def make_undo() -> Callable[[], Any]:
+            base = self.admin.max_id(ds.LC_PG_TABLE, "session_id", key)
 
-        if scenario == "write":
-            history = self.factory(sid)
-            batch: list[list[BaseMessage]] = []
-            return Runner(
-                before=lambda: batch.append(new_turn_messages()),
-                call=lambda: history.add_messages(batch.pop()),
-                after=undo,
-            )
-        runner = _turn_runner(self.factory, sid, undo)
-        runner.heavy = heavy
-        return runner
+            def undo() -> None:
+                self.conn.rollback()  # end the transaction its reads leave open
+                self.admin.trim(ds.LC_PG_TABLE, "session_id", key, base)
+
+            return undo
+
+        return _history_runner(self.factory, scenario, sid, length > 50, make_undo)
 
     def close(self) -> None:
         self.conn.close()
