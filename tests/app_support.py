@@ -173,6 +173,22 @@ class AppHarness:
         return [row["message_uid"] for row in sorted(self.rows(), key=lambda r: r["id"])]
 
 
+def signed_app_settings(
+    database_url: str, redis_url: str, data_dir: Path, **changes: Any
+) -> Settings:
+    """Settings of an app whose webhooks the tests sign (their token, account and URL): inline
+    replies, no rate limit, unless ``changes`` say otherwise."""
+    options: dict[str, Any] = {
+        "twilio_auth_token": AUTH_TOKEN,
+        "twilio_account_sid": ACCOUNT_SID,
+        "public_base_url": PUBLIC_BASE_URL,
+        "reply_mode": "inline",
+        "rate_limit": "",
+        **changes,
+    }
+    return Settings(database_url=database_url, redis_url=redis_url, data_dir=data_dir, **options)
+
+
 @contextmanager
 def app_harness(
     redis_url: str,
@@ -185,16 +201,11 @@ def app_harness(
     """An :class:`AppHarness` on ``database_url`` (migrated here) and the Redis (or, with
     ``cluster``, the Redis Cluster) at ``redis_url``; its keys and jobs are removed after."""
     migrate_database(database_url)
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
+    settings = signed_app_settings(
+        database_url,
+        redis_url,
+        data_dir,
         redis_cluster=cluster,
-        data_dir=data_dir,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_account_sid=ACCOUNT_SID,
-        public_base_url=PUBLIC_BASE_URL,
-        reply_mode="inline",
-        rate_limit="",
         redis_prefix=f"test:{unique}:",
         queue_name=f"test-turns-{unique}",
         lock_ttl_seconds=5,

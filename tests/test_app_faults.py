@@ -34,19 +34,16 @@ from flask import Flask
 from app import create_app
 from app.agent import ChatAgent
 from app.server import migrate_database
-from app.settings import Settings
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedServers
 from lc_hybrid_memory.store import sync_url
 
 from .app_processes import percentile, wait_until
 from .app_support import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    PUBLIC_BASE_URL,
     form,
     new_sid,
     post_signed,
+    signed_app_settings,
 )
 from .test_history import assert_cache_is_tail
 
@@ -65,14 +62,10 @@ class FaultyWorld:
 @pytest.fixture
 def world(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[FaultyWorld]:
     migrate_database(private_servers.database_url)
-    settings = Settings(
-        database_url=private_servers.database_url,
-        redis_url=private_servers.redis_url,
-        data_dir=tmp_path,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_account_sid=ACCOUNT_SID,
-        public_base_url=PUBLIC_BASE_URL,
-        reply_mode="inline",
+    settings = signed_app_settings(
+        private_servers.database_url,
+        private_servers.redis_url,
+        tmp_path,
         rate_limit="10000 per minute",  # on: the limiter's Redis calls are part of the path
         redis_prefix="faults:",
         lock_ttl_seconds=5,

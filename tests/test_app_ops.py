@@ -17,20 +17,17 @@ from app import create_app
 from app.agent import ChatAgent
 from app.observability import JSONLogFormatter
 from app.server import migrate_database
-from app.settings import Settings
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedServers
 
 from . import app_support
 from .app_support import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    PUBLIC_BASE_URL,
     AppHarness,
     fake_model,
     form,
     post_signed,
     replies,
+    signed_app_settings,
 )
 
 harness = app_support.harness  # the fixture, under its name in this module
@@ -40,14 +37,10 @@ harness = app_support.harness  # the fixture, under its name in this module
 def private_app(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[Flask]:
     """An app on servers of its own, which the test may stop and start."""
     migrate_database(private_servers.database_url)
-    settings = Settings(
-        database_url=private_servers.database_url,
-        redis_url=private_servers.redis_url,
-        data_dir=tmp_path,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_account_sid=ACCOUNT_SID,
-        public_base_url=PUBLIC_BASE_URL,
-        rate_limit="",
+    settings = signed_app_settings(
+        private_servers.database_url,
+        private_servers.redis_url,
+        tmp_path,
         redis_prefix="ops:",
     )
     memory = HybridMemory.from_urls(
