@@ -38,11 +38,11 @@ def rate_limit_storage(redis_url: str, *, cluster: bool = False) -> tuple[str, d
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the Flask app.
 
-    ``overrides`` go to :func:`app.services.build_services` (tests pass ``memory``, ``agent``
+    ``overrides`` go to :func:`app.wiring.build_services` (tests pass ``memory``, ``agent``
     and ``twilio_client``); without them storage, agent and model come from ``settings``.
     """
-    from . import ops, twilio_webhook
-    from .services import build_services
+    from . import health, twilio_webhook
+    from .wiring import build_services
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         headers_enabled=False,
     )
     app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))
-    app.register_blueprint(ops.create_blueprint(services))
+    app.register_blueprint(health.create_blueprint(services))
 
     @app.errorhandler(HTTPException)
     def short_http_error(error: HTTPException) -> Response:

@@ -2,7 +2,7 @@
 
 :class:`ChatAgent` runs one turn of a conversation (``session_id`` = conversation id). The
 agent is LangGraph's current constructor (``langchain.agents.create_agent``) with the tools of
-:mod:`app.tools` and the model of :mod:`app.models`. Two wirings of the memory, same storage:
+:mod:`app.tools` and the model of :mod:`app.chat_models`. Two wirings of the memory, same storage:
 
 * ``wiring="runnable_with_history"`` (default, what the issue asks for): the graph wrapped by
   :func:`lc_hybrid_memory.langgraph.agent_turn` inside ``RunnableWithMessageHistory`` whose
@@ -60,7 +60,7 @@ from lc_hybrid_memory.langgraph import (
     turn_message_ids,
 )
 
-from .models import build_model
+from .chat_models import build_model
 from .settings import Settings
 from .tools import default_tools
 

@@ -54,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import terminal
 
         return terminal.main(args, settings)
-    from . import server
+    from . import commands
 
-    return server.main(args, settings)
+    return commands.main(args, settings)
 
 
 if __name__ == "__main__":

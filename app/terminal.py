@@ -20,8 +20,8 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from lc_hybrid_memory import HybridMemory, HybridMemoryError, codec
 
 from .agent import ChatAgent
-from .resources import open_memory
 from .settings import Settings
+from .wiring import open_memory
 
 HELP = "commands: /history  /stats  /clear  /quit   (end of input also quits)"
 

@@ -33,9 +33,9 @@ from lc_hybrid_memory import StoreUnavailableError
 
 from .conversations import Address
 from .observability import Stopwatch
-from .services import Services
 from .settings import Settings
 from .turns import TurnStatus, split_reply
+from .wiring import Services
 
 logger = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from rq.job import Job, JobStatus
 from twilio.base.exceptions import TwilioRestException
 
 from .conversations import Conversation
-from .services import Services, build_services
 from .settings import Settings
 from .turns import TurnRecord, TurnStatus, split_reply
+from .wiring import Services, build_services
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def _prepare_database(database_url: str) -> str:
         cur.execute(f'CREATE DATABASE "{DATABASE}"')
     conn.close()
     url = _database_url(database_url, DATABASE)
-    from app.server import migrate_database
+    from app.commands import migrate_database
 
     migrate_database(url)
     return url

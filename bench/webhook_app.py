@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from app.models import OfflineChatModel
+from app.chat_models import OfflineChatModel
 
 _clock = threading.local()
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,7 @@ import sqlalchemy as sa
 from lc_hybrid_memory import HybridMemory, MessageTable
 from lc_hybrid_memory.embedded import EmbeddedServers
 from lc_hybrid_memory.store import sync_url
-
-
-@dataclass(frozen=True)
-class ServerURLs:
-    redis_url: str
-    database_url: str
-    embedded: bool
+from tests.support.servers import MemoryFactory, ServerURLs
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +69,6 @@ def sql_engine(servers: ServerURLs) -> Iterator[sa.Engine]:
     engine = sa.create_engine(sync_url(servers.database_url), isolation_level="AUTOCOMMIT")
     yield engine
     engine.dispose()
-
-
-MemoryFactory = Callable[..., HybridMemory]
 
 
 @pytest.fixture

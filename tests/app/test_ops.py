@@ -15,13 +15,12 @@ from flask import Flask
 
 from app import create_app
 from app.agent import ChatAgent
+from app.commands import migrate_database
 from app.observability import JSONLogFormatter
-from app.server import migrate_database
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedServers
-
-from . import app_support
-from .app_support import (
+from tests.support import app_harness as app_support
+from tests.support.app_harness import (
     AppHarness,
     fake_model,
     form,

@@ -33,19 +33,18 @@ from flask import Flask
 
 from app import create_app
 from app.agent import ChatAgent
-from app.server import migrate_database
+from app.commands import migrate_database
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedServers
 from lc_hybrid_memory.store import sync_url
-
-from .app_processes import percentile, wait_until
-from .app_support import (
+from tests.support.app_harness import (
     form,
     new_sid,
     post_signed,
     signed_app_settings,
 )
-from .test_history import assert_cache_is_tail
+from tests.support.memory_checks import assert_cache_is_tail
+from tests.support.processes import percentile, wait_until
 
 TWILIO_TIMEOUT = 15.0
 

@@ -29,9 +29,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
 from lc_hybrid_memory.embedded import EmbeddedServers
-
-from .conftest import MemoryFactory
-from .test_history import assert_cache_is_tail
+from tests.support.memory_checks import assert_cache_is_tail
+from tests.support.servers import MemoryFactory
 
 REDIS_TIMEOUT = 0.2
 

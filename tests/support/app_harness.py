@@ -35,9 +35,9 @@ from werkzeug.test import TestResponse
 
 from app import create_app
 from app.agent import ChatAgent
-from app.server import migrate_database, twilio_form, twiml_messages
-from app.services import Services
+from app.commands import migrate_database, twilio_form, twiml_messages
 from app.settings import Settings
+from app.wiring import Services
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.store import sync_url
 

@@ -16,8 +16,8 @@ from typing import Any
 from xml.etree import ElementTree
 
 from .observability import configure_logging
-from .resources import StorageURLs, storage_urls
 from .settings import Settings
+from .wiring import StorageURLs, storage_urls
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _resolved(settings: Settings) -> tuple[Settings, StorageURLs]:
 
 
 def run_worker_command(settings: Settings) -> int:
-    from .services import build_services
+    from .wiring import build_services
     from .worker import run_worker
 
     settings, _ = _resolved(settings)
@@ -204,7 +204,7 @@ def send(
     import requests
     from twilio.request_validator import RequestValidator
 
-    from .services import webhook_auth_token
+    from .wiring import webhook_auth_token
 
     if url is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host

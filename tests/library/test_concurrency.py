@@ -13,11 +13,10 @@ from pathlib import Path
 import redis
 
 from lc_hybrid_memory import HybridMemory
+from tests.support.memory_checks import assert_cache_is_tail, table_rows
+from tests.support.servers import MemoryFactory, ServerURLs
 
-from .conftest import MemoryFactory, ServerURLs
-from .test_history import assert_cache_is_tail, table_rows
-
-WORKER = Path(__file__).with_name("coherence_worker.py")
+WORKER = Path(__file__).parent.parent / "support" / "coherence_worker.py"
 
 
 def test_processes_keep_every_cached_list_equal_to_the_table_tail(

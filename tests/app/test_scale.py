@@ -30,10 +30,19 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from app.server import migrate_database
+from app.commands import migrate_database
 from lc_hybrid_memory.store import sync_url
-
-from .app_processes import (
+from tests.support.app_harness import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    OUR_NUMBER,
+    PUBLIC_BASE_URL,
+    WEBHOOK,
+    form,
+    new_sid,
+    signature,
+)
+from tests.support.processes import (
     AppProcess,
     ProcessGroup,
     TwilioCapture,
@@ -43,16 +52,6 @@ from .app_processes import (
     percentile,
     wait_healthy,
     wait_until,
-)
-from .app_support import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    OUR_NUMBER,
-    PUBLIC_BASE_URL,
-    WEBHOOK,
-    form,
-    new_sid,
-    signature,
 )
 
 

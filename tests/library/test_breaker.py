@@ -8,8 +8,7 @@ from langchain_core.messages import HumanMessage
 from prometheus_client import CollectorRegistry
 
 from lc_hybrid_memory import CircuitBreaker, HybridMemory
-
-from .conftest import MemoryFactory
+from tests.support.servers import MemoryFactory
 
 
 class Clock:

@@ -10,9 +10,8 @@ from typing import Any
 from flask import Flask
 
 from app.worker import run_worker
-
-from . import app_support
-from .app_support import (
+from tests.support import app_harness as app_support
+from tests.support.app_harness import (
     ACCOUNT_SID,
     OUR_NUMBER,
     SENDER,

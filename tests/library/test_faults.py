@@ -14,8 +14,7 @@ from langchain_core.messages import HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
 from lc_hybrid_memory.embedded import EmbeddedServers
-
-from .test_history import Api, assert_cache_is_tail, table_rows
+from tests.support.memory_checks import Api, assert_cache_is_tail, table_rows
 
 MemoryFactory = Callable[..., HybridMemory]
 

@@ -1,7 +1,9 @@
-"""The long-lived objects of one process (app or worker), built once and shared by requests."""
+"""The long-lived objects of one process (app or worker): storage URLs (configured or embedded),
+the memory, clients and queues, built once and shared by requests."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import secrets
@@ -19,11 +21,50 @@ from lc_hybrid_memory import HybridMemory
 
 from .conversations import ConversationStore
 from .observability import Metrics
-from .resources import StorageURLs, open_memory, storage_urls
 from .settings import Settings
 from .turns import TurnCoordinator
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StorageURLs:
+    redis_url: str
+    database_url: str
+    embedded: bool
+
+
+def storage_urls(settings: Settings) -> StorageURLs:
+    """``DATABASE_URL``/``REDIS_URL`` when both are set; otherwise start (or reuse) the embedded
+    servers under ``settings.data_dir``, stopped when the process that started them exits."""
+    if settings.redis_cluster and not settings.redis_url:
+        raise ValueError(
+            "REDIS_CLUSTER needs REDIS_URL (a node of the cluster): the embedded Redis is a "
+            "single server"
+        )
+    if settings.database_url and settings.redis_url:
+        return StorageURLs(settings.redis_url, settings.database_url, embedded=False)
+    if settings.database_url or settings.redis_url:
+        raise ValueError("set both DATABASE_URL and REDIS_URL, or neither (embedded servers)")
+    from lc_hybrid_memory.embedded import EmbeddedServers
+
+    servers = EmbeddedServers(settings.data_dir, persistent=True).start()
+    if servers.owner:
+        atexit.register(servers.stop)
+        logger.info("started embedded Redis and Postgres under %s", servers.data_dir)
+    return StorageURLs(servers.redis_url, servers.database_url, embedded=True)
+
+
+def open_memory(settings: Settings, urls: StorageURLs | None = None) -> HybridMemory:
+    """The process's HybridMemory (pools created here, once)."""
+    urls = urls or storage_urls(settings)
+    return HybridMemory.from_urls(
+        redis_url=urls.redis_url,
+        database_url=urls.database_url,
+        ttl_seconds=settings.memory_ttl_seconds,
+        cluster=settings.redis_cluster,
+    )
+
 
 DEV_TOKEN_FILE = "twilio_dev_auth_token"
 

@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from pydantic import Field
 
 from app.agent import ChatAgent, TurnResult, is_turn_message, turn_message_ids
-from app.models import (
+from app.chat_models import (
     OFFLINE_LABEL,
     ModelConfigurationError,
     OfflineChatModel,

@@ -19,9 +19,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory
-
-from .conftest import MemoryFactory
-from .test_history import assert_cache_is_tail
+from tests.support.memory_checks import assert_cache_is_tail
+from tests.support.servers import MemoryFactory
 
 CAP = 5
 

@@ -23,14 +23,12 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import create_app
-from app.server import migrate_database
+from app.commands import migrate_database
 from app.settings import Settings
 from app.worker import recover_stalled_turns, run_worker
 from lc_hybrid_memory.store import sync_url
-
-from . import app_support
-from .app_processes import ProcessGroup, TwilioCapture, app_env, cleanup_redis, wait_until
-from .app_support import (
+from tests.support import app_harness as app_support
+from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     PUBLIC_BASE_URL,
@@ -41,6 +39,7 @@ from .app_support import (
     post_signed,
     replies,
 )
+from tests.support.processes import ProcessGroup, TwilioCapture, app_env, cleanup_redis, wait_until
 
 LOCK_SECONDS = 2
 THINK_SECONDS = 3.0

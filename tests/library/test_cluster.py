@@ -15,10 +15,9 @@ from redis.cluster import RedisCluster
 
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedRedisCluster
-
-from .conftest import MemoryFactory
-from .test_history import *  # noqa: F403  (the suite re-run on the cluster)
-from .test_history import assert_cache_is_tail
+from tests.library.test_history import *  # noqa: F403  (the suite re-run on the cluster)
+from tests.support.memory_checks import assert_cache_is_tail
+from tests.support.servers import MemoryFactory
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from . import app_support
-from .app_support import (
+from tests.support import app_harness as app_support
+from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     OUR_NUMBER,

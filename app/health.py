@@ -13,7 +13,7 @@ from redis.cluster import RedisCluster
 
 from lc_hybrid_memory.store import sync_url
 
-from .services import Services, redis_client
+from .wiring import Services, redis_client
 
 logger = logging.getLogger(__name__)
 

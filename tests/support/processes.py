@@ -28,7 +28,7 @@ import redis
 import requests
 from rq import Queue
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -19,13 +19,12 @@ import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
-from app.server import send
-from app.services import DEV_TOKEN_FILE
+from app.commands import send
+from app.wiring import DEV_TOKEN_FILE
 from lc_hybrid_memory.embedded import free_port
 from lc_hybrid_memory.store import sync_url
-
-from . import app_support
-from .app_support import AppHarness, fake_model
+from tests.support import app_harness as app_support
+from tests.support.app_harness import AppHarness, fake_model
 
 harness = app_support.harness  # the fixture, under its name in this module
 

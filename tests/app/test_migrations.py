@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from langchain_core.messages import HumanMessage
 
+from app.commands import migrate_database
 from app.conversations import metadata as app_metadata
-from app.server import migrate_database
 from lc_hybrid_memory import HybridMemory, MessageTable
 from lc_hybrid_memory.store import sync_url
 

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from lc_hybrid_memory import HybridMemory, InvalidSessionIdError, MessageTable
-
-from .conftest import MemoryFactory
+from tests.support.servers import MemoryFactory
 
 BACKGROUND_ROWS = 1_000_000
 

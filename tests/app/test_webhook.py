@@ -11,9 +11,8 @@ import pytest
 
 from app.turns import split_reply
 from app.twilio_webhook import MEDIA_ONLY_REPLY
-
-from . import app_support
-from .app_support import (
+from tests.support import app_harness as app_support
+from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     PUBLIC_BASE_URL,

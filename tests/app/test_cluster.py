@@ -18,12 +18,18 @@ from limits.storage import RedisClusterStorage
 from redis.cluster import RedisCluster
 
 from app import create_app, rate_limit_storage
-from app.services import build_services
 from app.settings import Settings
+from app.wiring import build_services
 from lc_hybrid_memory.embedded import EmbeddedRedisCluster
-
-from .app_support import AppHarness, app_harness, fake_model, form, post_signed, replies
-from .test_app_webhook import *  # noqa: F403  (the inline suite re-run on the cluster)
+from tests.app.test_webhook import *  # noqa: F403  (the inline suite re-run on the cluster)
+from tests.support.app_harness import (
+    AppHarness,
+    app_harness,
+    fake_model,
+    form,
+    post_signed,
+    replies,
+)
 
 
 @pytest.fixture(scope="module")
