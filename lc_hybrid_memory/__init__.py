@@ -1,14 +1,22 @@
 """lc-hybrid-memory: LangChain chat memory, a Redis L1 cache over the Postgres messages table."""
 
 from .breaker import CircuitBreaker
-from .cache import MessageCache
+from .cache import CacheState, MessageCache
 from .errors import HybridMemoryError, InvalidSessionIdError, StoreUnavailableError
-from .history import HybridChatMessageHistory, HybridMemory, validate_session_id
+from .history import (
+    HybridChatMessageHistory,
+    HybridMemory,
+    TranscriptEntry,
+    TurnReply,
+    validate_session_id,
+)
 from .schema import MessageTable
-from .store import MessageStore
+from .store import ConversationSummary, MessageStore
 
 __all__ = [
+    "CacheState",
     "CircuitBreaker",
+    "ConversationSummary",
     "HybridChatMessageHistory",
     "HybridMemory",
     "HybridMemoryError",
@@ -17,6 +25,8 @@ __all__ = [
     "MessageStore",
     "MessageTable",
     "StoreUnavailableError",
+    "TranscriptEntry",
+    "TurnReply",
     "validate_session_id",
 ]
 

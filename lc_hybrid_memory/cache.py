@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CacheRead", "MessageCache"]
+__all__ = ["CacheRead", "CacheState", "MessageCache"]
 
 HEADER_COMPLETE = b"#1c"
 HEADER_PARTIAL = b"#1p"
@@ -85,6 +85,15 @@ class CacheRead:
     entries: list[tuple[int, bytes]]
     complete: bool
     malformed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheState:
+    """What the cache holds of a conversation: the row ids, oldest first, and the key's TTL."""
+
+    row_ids: list[int]
+    complete: bool
+    ttl_seconds: float | None
 
 
 def encode_key_part(session_id: str) -> str:
@@ -194,6 +203,18 @@ class MessageCache:
         """Append committed rows if the list exists (see the module doc for the result)."""
         keys = [self.key(session_id), self.lease_key(session_id)]
         return int(self._append(keys=keys, args=self._append_args(entries)))
+
+    def state(self, session_id: str) -> CacheState | None:
+        """The cached row ids and the list's TTL (one pipelined round trip), ``None`` if absent."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lrange(self.key(session_id), 0, -1)
+        pipe.pttl(self.key(session_id))
+        raw, ttl_ms = pipe.execute()
+        read = self._parse(raw)
+        if read is None:
+            return None
+        ttl = ttl_ms / 1000 if ttl_ms is not None and ttl_ms >= 0 else None
+        return CacheState([row_id for row_id, _ in read.entries], read.complete, ttl)
 
     def _keys(self, session_ids: Sequence[str]) -> list[str]:
         return [k for sid in session_ids for k in (self.key(sid), self.lease_key(sid))]

@@ -15,6 +15,8 @@ import threading
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -24,12 +26,18 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from . import codec
 from .breaker import CircuitBreaker
-from .cache import CacheRead, MessageCache
+from .cache import CacheRead, CacheState, MessageCache
 from .errors import InvalidSessionIdError
 from .schema import MessageTable
-from .store import EncodedMessage, MessageStore, StoredMessage
+from .store import ConversationSummary, EncodedMessage, MessageStore, StoredMessage, StoredRow
 
-__all__ = ["HybridChatMessageHistory", "HybridMemory", "validate_session_id"]
+__all__ = [
+    "HybridChatMessageHistory",
+    "HybridMemory",
+    "TranscriptEntry",
+    "TurnReply",
+    "validate_session_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +97,29 @@ def _validate_window(window: int | None) -> int | None:
     ):
         raise ValueError(f"window must be a positive integer or None, got {window!r}")
     return window
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One stored message with its row id and metadata, as an operator sees it."""
+
+    row_id: int
+    message_id: str | None
+    message: BaseMessage | None  # None: the stored payload could not be decoded
+    created_at: datetime | None
+    provider_sid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReply:
+    """The last stored message of a turn (ids ``<turn id>:<n>``) and its delivery mark."""
+
+    message_id: str
+    provider_sid: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.provider_sid is not None
 
 
 class _Stats:
@@ -621,6 +652,75 @@ class HybridMemory:
         sid = validate_session_id(session_id)
         rows = await self.store.asearch(sid, query, limit=limit)
         return self._decode_rows([(r.id, r.payload) for r in rows], sid)
+
+    # -- what operators and the app's delivery bookkeeping read -------------------------------
+
+    def transcript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[TranscriptEntry]:
+        """The stored messages with row ids, message ids, times and delivery marks, oldest first
+        (Postgres; ``limit``/``before_id`` page backwards)."""
+        sid = validate_session_id(session_id)
+        return self._entries(sid, self.store.transcript(sid, limit=limit, before_id=before_id))
+
+    async def atranscript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[TranscriptEntry]:
+        """Async :meth:`transcript`."""
+        sid = validate_session_id(session_id)
+        rows = await self.store.atranscript(sid, limit=limit, before_id=before_id)
+        return self._entries(sid, rows)
+
+    def _entries(self, sid: str, rows: list[StoredRow]) -> list[TranscriptEntry]:
+        entries = []
+        for row in rows:
+            decoded = self._decode_rows([(row.id, row.payload)], sid)
+            entries.append(
+                TranscriptEntry(
+                    row.id,
+                    row.message_uid,
+                    decoded[0] if decoded else None,
+                    row.created_at,
+                    row.provider_sid,
+                )
+            )
+        return entries
+
+    def cache_state(self, session_id: str) -> CacheState | None:
+        """The row ids the Redis list holds and its TTL; ``None`` when not cached or Redis is
+        unreachable."""
+        sid = validate_session_id(session_id)
+        state = self._cache_call(sid, lambda cache: cache.state(sid), write=False)
+        return state if isinstance(state, CacheState) else None
+
+    def count(self, session_id: str) -> int:
+        """How many messages the conversation holds (Postgres)."""
+        return self.store.count(validate_session_id(session_id))
+
+    def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
+        """Message count and last message time of each of these conversations that has messages
+        (one query)."""
+        return self.store.summaries([validate_session_id(sid) for sid in session_ids])
+
+    def turn_reply(self, session_id: str, turn_id: str) -> TurnReply | None:
+        """The last message stored for a turn whose messages have ids ``<turn_id>:<n>``."""
+        found = self.store.turn_reply(validate_session_id(session_id), turn_id)
+        return None if found is None else TurnReply(*found)
+
+    async def aturn_reply(self, session_id: str, turn_id: str) -> TurnReply | None:
+        """Async :meth:`turn_reply`."""
+        found = await self.store.aturn_reply(validate_session_id(session_id), turn_id)
+        return None if found is None else TurnReply(*found)
+
+    def mark_delivered(self, session_id: str, message_id: str, provider_sid: str) -> bool:
+        """Record the provider's id of a sent message (e.g. a Twilio SID); whether it exists."""
+        sid = validate_session_id(session_id)
+        return self.store.set_provider_sid(sid, message_id, provider_sid)
+
+    async def amark_delivered(self, session_id: str, message_id: str, provider_sid: str) -> bool:
+        """Async :meth:`mark_delivered`."""
+        sid = validate_session_id(session_id)
+        return await self.store.aset_provider_sid(sid, message_id, provider_sid)
 
 
 def _drop_orphan_tool_results(messages: list[BaseMessage]) -> list[BaseMessage]:

@@ -13,9 +13,10 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, and_, cast, delete, func, select, text, update
+from sqlalchemy import Text, and_, cast, delete, func, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -26,7 +27,15 @@ from . import codec
 from .errors import InvalidSessionIdError, StoreUnavailableError
 from .schema import MessageTable
 
-__all__ = ["EncodedMessage", "MessageStore", "StoredMessage", "async_url", "sync_url"]
+__all__ = [
+    "ConversationSummary",
+    "EncodedMessage",
+    "MessageStore",
+    "StoredMessage",
+    "StoredRow",
+    "async_url",
+    "sync_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,25 @@ class StoredMessage:
 
     id: int
     payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A stored row with what an operator wants to see besides the message."""
+
+    id: int
+    payload: str
+    message_uid: str | None
+    provider_sid: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """How many messages a conversation holds and when the last one was stored."""
+
+    messages: int
+    last_message_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +249,62 @@ class MessageStore:
         if before_id is not None:
             stmt = stmt.where(c.id < before_id)
         return stmt
+
+    def _optional(self, name: str) -> Any:
+        """The mapped column ``name``, or a typed NULL where the table has no such column."""
+        column = self.table.c.get(name)
+        return column if column is not None else null()
+
+    def _transcript_stmt(
+        self, session_id: str, limit: int | None, before_id: int | None
+    ) -> Executable:
+        c = self.table.c
+        stmt = (
+            select(
+                c.id,
+                *self._payload_cols,
+                self._optional("message_uid"),
+                self._optional("provider_sid"),
+                self._optional("created_at"),
+            )
+            .where(self._in_conversation(session_id))
+            .order_by(c.conversation_id.desc(), c.id.desc())
+        )
+        if before_id is not None:
+            stmt = stmt.where(c.id < before_id)
+        return stmt.limit(limit) if limit is not None else stmt
+
+    def _transcript_rows(self, result: Any) -> list[StoredRow]:
+        width = len(self._payload_cols)
+        rows = []
+        for row in result:
+            payload = row[1] if width == 1 else codec.from_role_and_content(row[1], row[2])
+            uid, provider_sid, created_at = row[1 + width :]
+            rows.append(StoredRow(row[0], payload, uid, provider_sid, created_at))
+        rows.reverse()
+        return rows
+
+    def _turn_reply_stmt(self, session_id: str, turn_id: str) -> Executable:
+        if self.mapping.message_uid is None:
+            raise ValueError("the mapped table has no message_uid column")
+        c = self.table.c
+        return (
+            select(c.message_uid, self._optional("provider_sid"))
+            .where(self._in_conversation(session_id))
+            .where(c.message_uid.startswith(f"{turn_id}:", autoescape=True))
+            .order_by(c.conversation_id.desc(), c.id.desc())
+            .limit(1)
+        )
+
+    def _summaries_stmt(self, session_ids: Sequence[str]) -> Executable:
+        c = self.table.c
+        last = func.max(c.created_at) if "created_at" in c else null()
+        keys = [self.conversation_key(sid) for sid in session_ids]
+        return (
+            select(c.conversation_id, func.count(), last)
+            .where(c.conversation_id.in_(keys))
+            .group_by(c.conversation_id)
+        )
 
     def _count_stmt(self, session_id: str) -> Executable:
         c = self.table.c
@@ -434,6 +518,62 @@ class MessageStore:
             return int((await conn.execute(stmt)).scalar_one())
 
         return await self._arun("count messages", work)
+
+    def transcript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[StoredRow]:
+        """The conversation's rows with their ids and metadata, oldest first (the last ``limit``
+        before row ``before_id``, or all)."""
+        stmt = self._transcript_stmt(session_id, limit, before_id)
+        return self._run(
+            "read a transcript", lambda conn: self._transcript_rows(conn.execute(stmt))
+        )
+
+    async def atranscript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[StoredRow]:
+        """Async :meth:`transcript`."""
+        stmt = self._transcript_stmt(session_id, limit, before_id)
+
+        async def work(conn: AsyncConnection) -> list[StoredRow]:
+            return self._transcript_rows(await conn.execute(stmt))
+
+        return await self._arun("read a transcript", work)
+
+    def turn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
+        """``(message uid, provider sid)`` of the last message stored with id ``<turn_id>:<n>``."""
+        stmt = self._turn_reply_stmt(session_id, turn_id)
+
+        def work(conn: Connection) -> tuple[str, str | None] | None:
+            row = conn.execute(stmt).one_or_none()
+            return None if row is None else (row[0], row[1])
+
+        return self._run("read a turn's reply", work)
+
+    async def aturn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
+        """Async :meth:`turn_reply`."""
+        stmt = self._turn_reply_stmt(session_id, turn_id)
+
+        async def work(conn: AsyncConnection) -> tuple[str, str | None] | None:
+            row = (await conn.execute(stmt)).one_or_none()
+            return None if row is None else (row[0], row[1])
+
+        return await self._arun("read a turn's reply", work)
+
+    def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
+        """Message count and last message time of each conversation that has messages."""
+        if not session_ids:
+            return {}
+        by_key = {self.conversation_key(sid): sid for sid in session_ids}
+        stmt = self._summaries_stmt(session_ids)
+
+        def work(conn: Connection) -> dict[str, ConversationSummary]:
+            return {
+                by_key[key]: ConversationSummary(int(n), last)
+                for key, n, last in conn.execute(stmt)
+            }
+
+        return self._run("summarise conversations", work)
 
     # -- writes ------------------------------------------------------------------------------
 
