@@ -2,31 +2,41 @@
 
 from .breaker import CircuitBreaker
 from .cache import CacheState, MessageCache
-from .errors import HybridMemoryError, InvalidSessionIdError, StoreUnavailableError
-from .history import (
-    HybridChatMessageHistory,
-    HybridMemory,
-    TranscriptEntry,
-    TurnReply,
-    validate_session_id,
+from .errors import (
+    HybridMemoryError,
+    InvalidMessageError,
+    InvalidSessionIdError,
+    StoreConfigurationError,
+    StoreUnavailableError,
 )
+from .history import DEFAULT_WINDOW, HybridChatMessageHistory
+from .memory import HybridMemory, TranscriptEntry, TurnReply
+from .postgres import async_url, sync_url
+from .records import ConversationSummary
 from .schema import MessageTable
-from .store import ConversationSummary, MessageStore
+from .session_ids import canonical_session_id, validate_session_id
+from .store import MessageStore
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "CacheState",
     "CircuitBreaker",
     "ConversationSummary",
     "HybridChatMessageHistory",
     "HybridMemory",
     "HybridMemoryError",
+    "InvalidMessageError",
     "InvalidSessionIdError",
     "MessageCache",
     "MessageStore",
     "MessageTable",
+    "StoreConfigurationError",
     "StoreUnavailableError",
     "TranscriptEntry",
     "TurnReply",
+    "async_url",
+    "canonical_session_id",
+    "sync_url",
     "validate_session_id",
 ]
 

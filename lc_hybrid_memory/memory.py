@@ -1,0 +1,379 @@
+"""``HybridMemory``: the shared state of the memory and its operations, sync and async.
+
+Reads go through the Redis cache (one LRANGE when warm); a miss reads the recent window from
+Postgres with one indexed query and refills Redis under a lease. Writes go to Postgres first
+(one INSERT), then to the cache (one script). Redis failures never fail a call: a circuit
+breaker sends reads and writes straight to Postgres. Postgres failures raise
+:class:`~lc_hybrid_memory.errors.StoreUnavailableError`: nothing is dropped silently. The
+decisions live in :mod:`.policy`; this class only drives them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+
+from .breaker import CircuitBreaker
+from .cache import CacheState, MessageCache
+from .guarded_cache import GuardedCache
+from .history import DEFAULT_WINDOW, HybridChatMessageHistory, validate_window
+from .policy import Call, MemoryPolicy, Steps
+from .records import ConversationSummary, StoredRow
+from .schema import MessageTable
+from .session_ids import canonical_session_id
+from .stats import MemoryStats
+from .store import MessageStore
+
+__all__ = ["HybridMemory", "TranscriptEntry", "TurnReply"]
+
+MAX_SEARCH_QUERY_LENGTH = 1000
+MAX_SEARCH_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One stored message with its row id and metadata, as an operator sees it."""
+
+    row_id: int
+    message_id: str | None
+    message: BaseMessage | None  # None: the stored payload could not be decoded
+    created_at: datetime | None
+    provider_sid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReply:
+    """The last stored message of a turn (ids ``<turn id>:<n>``) and its delivery mark."""
+
+    message_id: str
+    provider_sid: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.provider_sid is not None
+
+
+class HybridMemory:
+    """The Postgres store, the Redis cache, the breaker and the statistics of one process.
+
+    Create it once per process (it owns the connection pools; async pools are made per event
+    loop) and hand out cheap per-session histories with :meth:`history`.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import AIMessage, HumanMessage
+            from lc_hybrid_memory import HybridMemory
+
+            memory = HybridMemory.from_urls(
+                redis_url="redis://localhost:6379/0",
+                database_url="postgresql://localhost/app",
+            )
+            memory.create_schema()
+            memory.add_messages("conversation-1", [HumanMessage("hi"), AIMessage("hello!")])
+            print(memory.history("conversation-1").messages)
+    """
+
+    def __init__(
+        self,
+        store: MessageStore,
+        cache: MessageCache | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        prometheus: Any = None,
+        owns_clients: bool = False,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.breaker = breaker or CircuitBreaker()
+        self._stats = MemoryStats(prometheus)
+        self._guard = GuardedCache(cache, self.breaker, self._stats)
+        self._policy = MemoryPolicy(self._stats, cache.max_entries if cache else 0)
+        self._owns_clients = owns_clients
+
+    @classmethod
+    def from_urls(
+        cls,
+        *,
+        redis_url: str | None,
+        database_url: str,
+        table: MessageTable | None = None,
+        prefix: str = "ai:memory:",
+        max_cached: int = 50,
+        ttl_seconds: float = 3600,
+        lease_seconds: float = 5.0,
+        redis_timeout: float = 0.25,
+        breaker_failure_threshold: int = 1,
+        breaker_reset_seconds: float = 5.0,
+        cluster: bool = False,
+        statement_timeout_seconds: float = 30.0,
+        engine_kwargs: dict[str, Any] | None = None,
+        prometheus: Any = None,
+    ) -> HybridMemory:
+        """Build the memory and its pools from URLs (``redis_url=None``: Postgres only).
+
+        Args:
+            redis_url: ``redis://`` / ``rediss://`` URL of the cache.
+            database_url: SQLAlchemy URL of Postgres (``postgresql://``); the async path uses
+                the same server through asyncpg.
+            table: mapping onto an existing messages table (default: the library's schema).
+            prefix: Redis key prefix; keys are ``<prefix>{<session_id>}``.
+            max_cached: messages kept per conversation in Redis (LTRIM cap).
+            ttl_seconds: expiry of a conversation's list, renewed on every write.
+            lease_seconds: lifetime of a fill lease (bounds a crashed filler).
+            redis_timeout: socket and connect timeout of Redis calls, in seconds.
+            breaker_failure_threshold: consecutive Redis failures that open the breaker.
+            breaker_reset_seconds: pause before a half-open probe of Redis.
+            cluster: use a Redis Cluster client.
+            statement_timeout_seconds: bound of every SQL statement.
+            engine_kwargs: extra ``create_engine`` arguments (pool size...).
+            prometheus: ``True`` or a ``CollectorRegistry`` to export event counters.
+        """
+        store = MessageStore.from_url(
+            database_url,
+            table=table,
+            statement_timeout_seconds=statement_timeout_seconds,
+            **(engine_kwargs or {}),
+        )
+        cache = None
+        if redis_url:
+            cache = MessageCache.from_url(
+                redis_url,
+                cluster=cluster,
+                timeout=redis_timeout,
+                prefix=prefix,
+                max_entries=max_cached,
+                ttl_seconds=ttl_seconds,
+                lease_seconds=lease_seconds,
+            )
+        breaker = CircuitBreaker(
+            failure_threshold=breaker_failure_threshold, reset_seconds=breaker_reset_seconds
+        )
+        return cls(store, cache, breaker=breaker, prometheus=prometheus, owns_clients=True)
+
+    # -- driving the policy ------------------------------------------------------------------
+
+    def _drive(self, sid: str, steps: Steps) -> Any:
+        result: Any = None
+        while True:
+            try:
+                call: Call = steps.send(result)
+            except StopIteration as done:
+                return done.value
+            if call.tier == "store":
+                result = getattr(self.store, call.name)(*call.args)
+            else:
+                result = self._guard.call(sid, call.name, call.args, write=call.write)
+
+    async def _adrive(self, sid: str, steps: Steps) -> Any:
+        result: Any = None
+        while True:
+            try:
+                call: Call = steps.send(result)
+            except StopIteration as done:
+                return done.value
+            if call.tier == "store":
+                result = await getattr(self.store, "a" + call.name)(*call.args)
+            else:
+                result = await self._guard.acall(sid, call.name, call.args, write=call.write)
+
+    def session_id(self, session_id: Any) -> str:
+        """``session_id`` validated and in the canonical form of the conversation id column
+        (one conversation, one cache key, however the id is spelled)."""
+        return canonical_session_id(session_id, self.store.mapping.conversation_id_type)
+
+    # -- factory, lifecycle, statistics ------------------------------------------------------
+
+    def history(
+        self,
+        session_id: str,
+        *,
+        window: int | None = DEFAULT_WINDOW,
+        max_tokens: int | None = None,
+        token_counter: Callable[..., int] | None = None,
+    ) -> HybridChatMessageHistory:
+        """A chat history for one conversation. Cheap: no I/O, no new connection."""
+        return HybridChatMessageHistory(
+            self.session_id(session_id),
+            self,
+            window=window,
+            max_tokens=max_tokens,
+            token_counter=token_counter,
+        )
+
+    def create_schema(self) -> None:
+        """Create the messages table and its indexes if they do not exist."""
+        self.store.create_schema()
+
+    async def acreate_schema(self) -> None:
+        """Async :meth:`create_schema`."""
+        await self.store.acreate_schema()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start (hits, misses, fills...), breaker state, pending invalidations."""
+        counts: dict[str, Any] = self._stats.snapshot()
+        counts["breaker_state"] = self.breaker.state
+        counts["breaker_opened"] = self.breaker.times_opened
+        counts["pending_invalidations"] = self._guard.pending_invalidations
+        return counts
+
+    def close(self) -> None:
+        """Release the sync pools (if this object created them)."""
+        if self._owns_clients:
+            self.store.close()
+            if self.cache is not None:
+                self.cache.close()
+
+    async def aclose(self) -> None:
+        """Release this event loop's async pools and the sync pools (if this object made them).
+
+        Pools of other loops are released when their loop shuts down (``asyncio.run``)."""
+        if self._owns_clients:
+            await self.store.aclose()
+            if self.cache is not None:
+                await self.cache.aclose()
+
+    def __enter__(self) -> HybridMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> HybridMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def get_messages(
+        self, session_id: str, window: int | None = DEFAULT_WINDOW
+    ) -> list[BaseMessage]:
+        """The last ``window`` messages (all of them for ``None``), oldest first."""
+        sid = self.session_id(session_id)
+        return self._drive(sid, self._policy.read(sid, validate_window(window)))
+
+    async def aget_messages(
+        self, session_id: str, window: int | None = DEFAULT_WINDOW
+    ) -> list[BaseMessage]:
+        """Async :meth:`get_messages`."""
+        sid = self.session_id(session_id)
+        return await self._adrive(sid, self._policy.read(sid, validate_window(window)))
+
+    def add_messages(self, session_id: str, messages: Sequence[BaseMessage]) -> list[bool]:
+        """Store ``messages`` (Postgres, in one transaction, then the cache); for each, whether
+        it was new.
+
+        A message whose LangChain ``id`` is already stored in this conversation is not stored
+        again. Raises :class:`StoreUnavailableError` if Postgres cannot take the write, and
+        :class:`InvalidMessageError` (nothing stored) for a message that can never be stored.
+        """
+        sid = self.session_id(session_id)
+        encoded = self._policy.encode(messages)
+        return self._drive(sid, self._policy.write(sid, encoded)) if encoded else []
+
+    async def aadd_messages(self, session_id: str, messages: Sequence[BaseMessage]) -> list[bool]:
+        """Async :meth:`add_messages`."""
+        sid = self.session_id(session_id)
+        encoded = self._policy.encode(messages)
+        return await self._adrive(sid, self._policy.write(sid, encoded)) if encoded else []
+
+    def clear(self, session_id: str) -> int:
+        """Delete the conversation in Postgres, then its cache; how many messages were deleted."""
+        sid = self.session_id(session_id)
+        return self._drive(sid, self._policy.clear(sid))
+
+    async def aclear(self, session_id: str) -> int:
+        """Async :meth:`clear`."""
+        sid = self.session_id(session_id)
+        return await self._adrive(sid, self._policy.clear(sid))
+
+    def _search_args(self, session_id: str, query: str, limit: int) -> tuple[str, str, int]:
+        if not isinstance(query, str) or not query or len(query) > MAX_SEARCH_QUERY_LENGTH:
+            raise ValueError(
+                f"query must be a non-empty string of at most {MAX_SEARCH_QUERY_LENGTH} characters"
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_SEARCH_LIMIT}")
+        return self.session_id(session_id), query, limit
+
+    def search(self, session_id: str, query: str, *, limit: int = 10) -> list[BaseMessage]:
+        """Messages whose text contains ``query`` (case-insensitive), newest first (Postgres)."""
+        sid, query, limit = self._search_args(session_id, query, limit)
+        rows = self.store.search(sid, query, limit=limit)
+        return self._policy.decode([(r.id, r.payload) for r in rows], sid)
+
+    async def asearch(self, session_id: str, query: str, *, limit: int = 10) -> list[BaseMessage]:
+        """Async :meth:`search`."""
+        sid, query, limit = self._search_args(session_id, query, limit)
+        rows = await self.store.asearch(sid, query, limit=limit)
+        return self._policy.decode([(r.id, r.payload) for r in rows], sid)
+
+    # -- what operators and the app's delivery bookkeeping read -------------------------------
+
+    def transcript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[TranscriptEntry]:
+        """The stored messages with row ids, message ids, times and delivery marks, oldest first
+        (Postgres; ``limit``/``before_id`` page backwards)."""
+        sid = self.session_id(session_id)
+        return self._entries(sid, self.store.transcript(sid, limit=limit, before_id=before_id))
+
+    async def atranscript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[TranscriptEntry]:
+        """Async :meth:`transcript`."""
+        sid = self.session_id(session_id)
+        rows = await self.store.atranscript(sid, limit=limit, before_id=before_id)
+        return self._entries(sid, rows)
+
+    def _entries(self, sid: str, rows: list[StoredRow]) -> list[TranscriptEntry]:
+        entries = []
+        for row in rows:
+            decoded = self._policy.decode([(row.id, row.payload)], sid)
+            message = decoded[0] if decoded else None
+            entries.append(
+                TranscriptEntry(row.id, row.message_uid, message, row.created_at, row.provider_sid)
+            )
+        return entries
+
+    def cache_state(self, session_id: str) -> CacheState | None:
+        """The row ids the Redis list holds and its TTL; ``None`` when not cached or Redis is
+        unreachable."""
+        sid = self.session_id(session_id)
+        state = self._guard.call(sid, "state", (sid,), write=False)
+        return state if isinstance(state, CacheState) else None
+
+    def count(self, session_id: str) -> int:
+        """How many messages the conversation holds (Postgres)."""
+        return self.store.count(self.session_id(session_id))
+
+    def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
+        """Message count and last message time of each of these conversations that has messages
+        (one query), keyed by the canonical session id."""
+        return self.store.summaries([self.session_id(sid) for sid in session_ids])
+
+    def turn_reply(self, session_id: str, turn_id: str) -> TurnReply | None:
+        """The last message stored for a turn whose messages have ids ``<turn_id>:<n>``."""
+        found = self.store.turn_reply(self.session_id(session_id), turn_id)
+        return None if found is None else TurnReply(*found)
+
+    async def aturn_reply(self, session_id: str, turn_id: str) -> TurnReply | None:
+        """Async :meth:`turn_reply`."""
+        found = await self.store.aturn_reply(self.session_id(session_id), turn_id)
+        return None if found is None else TurnReply(*found)
+
+    def mark_delivered(self, session_id: str, message_id: str, provider_sid: str) -> bool:
+        """Record the provider's id of a sent message (e.g. a Twilio SID); whether it exists."""
+        sid = self.session_id(session_id)
+        return self.store.set_provider_sid(sid, message_id, provider_sid)
+
+    async def amark_delivered(self, session_id: str, message_id: str, provider_sid: str) -> bool:
+        """Async :meth:`mark_delivered`."""
+        sid = self.session_id(session_id)
+        return await self.store.aset_provider_sid(sid, message_id, provider_sid)
