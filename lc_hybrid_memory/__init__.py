@@ -2,8 +2,10 @@
 
 from .breaker import CircuitBreaker
 from .cache import CacheState, MessageCache
+from .codec import role_of
 from .errors import HybridMemoryError, InvalidSessionIdError, StoreUnavailableError
 from .history import (
+    DEFAULT_WINDOW,
     HybridChatMessageHistory,
     HybridMemory,
     TranscriptEntry,
@@ -14,6 +16,7 @@ from .schema import MessageTable
 from .store import ConversationSummary, MessageStore
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "CacheState",
     "CircuitBreaker",
     "ConversationSummary",
@@ -27,6 +30,7 @@ __all__ = [
     "StoreUnavailableError",
     "TranscriptEntry",
     "TurnReply",
+    "role_of",
     "validate_session_id",
 ]
 
