@@ -17,7 +17,7 @@ from typing import TextIO
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from lc_hybrid_memory import HybridMemory, HybridMemoryError, codec
+from lc_hybrid_memory import HybridMemory, HybridMemoryError, role_of
 
 from .agent import ChatAgent
 from .settings import Settings
@@ -28,7 +28,7 @@ HELP = "commands: /history  /stats  /clear  /quit   (end of input also quits)"
 
 def format_message(message: BaseMessage) -> str:
     """One stored message as a line (or a few) of text."""
-    role = codec.role_of(message)
+    role = role_of(message)
     if isinstance(message, AIMessage) and message.tool_calls:
         calls = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
         text = f"{message.text} → {calls}" if message.text else f"→ {calls}"

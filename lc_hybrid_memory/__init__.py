@@ -2,6 +2,7 @@
 
 from .breaker import CircuitBreaker
 from .cache import CacheState, MessageCache
+from .codec import role_of
 from .errors import (
     HybridMemoryError,
     InvalidMessageError,
@@ -36,6 +37,7 @@ __all__ = [
     "TurnReply",
     "async_url",
     "canonical_session_id",
+    "role_of",
     "sync_url",
     "validate_session_id",
 ]
