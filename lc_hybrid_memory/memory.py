@@ -158,28 +158,36 @@ class HybridMemory:
     # -- driving the policy ------------------------------------------------------------------
 
     def _drive(self, sid: str, steps: Steps) -> Any:
-        result: Any = None
+        advance, value = steps.send, None
         while True:
             try:
-                call: Call = steps.send(result)
+                call: Call = advance(value)
             except StopIteration as done:
                 return done.value
-            if call.tier == "store":
-                result = getattr(self.store, call.name)(*call.args)
-            else:
-                result = self._guard.call(sid, call.name, call.args, write=call.write)
+            advance = steps.send
+            try:
+                if call.tier == "store":
+                    value = getattr(self.store, call.name)(*call.args)
+                else:
+                    value = self._guard.call(sid, call.name, call.args, write=call.write)
+            except Exception as exc:  # the policy decides what a failed step means
+                advance, value = steps.throw, exc
 
     async def _adrive(self, sid: str, steps: Steps) -> Any:
-        result: Any = None
+        advance, value = steps.send, None
         while True:
             try:
-                call: Call = steps.send(result)
+                call: Call = advance(value)
             except StopIteration as done:
                 return done.value
-            if call.tier == "store":
-                result = await getattr(self.store, "a" + call.name)(*call.args)
-            else:
-                result = await self._guard.acall(sid, call.name, call.args, write=call.write)
+            advance = steps.send
+            try:
+                if call.tier == "store":
+                    value = await getattr(self.store, "a" + call.name)(*call.args)
+                else:
+                    value = await self._guard.acall(sid, call.name, call.args, write=call.write)
+            except Exception as exc:
+                advance, value = steps.throw, exc
 
     def session_id(self, session_id: Any) -> str:
         """``session_id`` validated and in the canonical form of the conversation id column

@@ -5,7 +5,8 @@ Each operation (read, write, clear) is a generator that *yields* the I/O it need
 operation's result. :class:`~lc_hybrid_memory.memory.HybridMemory` drives the same generator
 synchronously or with ``await``, so the sync and async paths cannot drift.
 
-A cache call that did not reach Redis (breaker open, or an error) answers :data:`SKIPPED`.
+A cache call that did not reach Redis (breaker open, or an error) answers :data:`SKIPPED`; a
+store call that failed raises its error at the ``yield``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from langchain_core.messages import BaseMessage, ToolMessage
 
 from . import cache_scripts, codec
 from .cache import CacheEntry, CacheRead
-from .errors import InvalidMessageError
+from .errors import InvalidMessageError, StoreUnavailableError
 from .records import EncodedMessage, StoredMessage, WrittenRow
 from .stats import MemoryStats
 
@@ -171,7 +172,13 @@ class MemoryPolicy:
 
     def write(self, sid: str, encoded: list[EncodedMessage]) -> Steps:
         """Store in Postgres, then bring the cache up to date; for each message, whether new."""
-        written: list[WrittenRow] = yield Call.store("append", sid, encoded)
+        try:
+            written: list[WrittenRow] = yield Call.store("append", sid, encoded)
+        except StoreUnavailableError:
+            # The outcome is unknown (the commit may have happened, its acknowledgement lost):
+            # the cached tail cannot be trusted any more. Dropping it also drops a racing fill.
+            yield Call.cache("invalidate", sid, write=True)
+            raise
         new = sum(row.new for row in written)
         self.stats.incr("writes")
         self.stats.incr("messages_written", new)

@@ -106,3 +106,16 @@ def test_a_large_batch_is_all_or_nothing(
     assert proxied_memory.add_messages("big", batch) == [False] * 5000  # exactly once
     assert len(proxied_memory.history("big", window=None).messages) == 5000
     assert_cache_is_tail(proxied_memory, redis_client, "big")
+
+
+async def test_a_failed_write_whose_commit_happened_is_read_at_once(
+    proxied_memory: HybridMemory, proxy: FaultProxy, redis_client: redis.Redis
+) -> None:
+    warm(proxied_memory, "u")
+    proxy.lose_reply_after(b"INSERT INTO", times=2)
+    with pytest.raises(StoreUnavailableError):
+        proxied_memory.add_messages("u", [HumanMessage("committed, unacknowledged", id="x")])
+    # No retry, no later write: the very next read already has it (the list was dropped).
+    contents = [m.content for m in await proxied_memory.aget_messages("u")]
+    assert contents == ["first", "committed, unacknowledged"]
+    assert_cache_is_tail(proxied_memory, redis_client, "u")
