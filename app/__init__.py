@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     ``overrides`` go to :func:`app.wiring.build_services` (tests pass ``memory``, ``agent``
     and ``twilio_client``); without them storage, agent and model come from ``settings``.
     """
-    from . import health, twilio_webhook
+    from . import console, health, twilio_webhook
     from .wiring import build_services
 
     settings = settings or Settings.from_env()
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))
     app.register_blueprint(health.create_blueprint(services))
+    console.register(app, services)
 
     @app.errorhandler(HTTPException)
     def short_http_error(error: HTTPException) -> Response:
