@@ -71,8 +71,8 @@ class TranscriptLine:
     delivery: str | None
 
 
-def _delivery(entry: TranscriptEntry, message: BaseMessage | None) -> str | None:
-    """Twilio's side of a message: the inbound MessageSid, or the reply's REST delivery."""
+def _delivery(entry: TranscriptEntry, message: BaseMessage | None, reply_mode: str) -> str | None:
+    """Twilio's side of a message: the inbound MessageSid, or the reply's delivery."""
     if entry.provider_sid:
         return f"sent · {entry.provider_sid}"
     if message is None:
@@ -80,13 +80,15 @@ def _delivery(entry: TranscriptEntry, message: BaseMessage | None) -> str | None
     if message.type == "human" and entry.message_id and entry.message_id.startswith("SM"):
         return f"received · {entry.message_id}"
     if isinstance(message, AIMessage) and not message.tool_calls and entry.message_id:
+        if reply_mode == "async":
+            return "not sent through the REST API (yet)"
         # Inline replies travel in the webhook's TwiML answer: Twilio gives them no SID here.
-        return "no REST delivery recorded (TwiML reply, or not sent yet)"
+        return "answered in the webhook's TwiML"
     return None
 
 
 def transcript_lines(
-    entries: list[TranscriptEntry], state: CacheState | None
+    entries: list[TranscriptEntry], state: CacheState | None, reply_mode: str = "inline"
 ) -> list[TranscriptLine]:
     cached = set(state.row_ids) if state else set()
     lines = []
@@ -103,7 +105,7 @@ def transcript_lines(
             elif isinstance(message, ToolMessage):
                 tool_name = message.name or "tool"
         in_window = entry.row_id in cached
-        delivery = _delivery(entry, message)
+        delivery = _delivery(entry, message, reply_mode)
         lines.append(TranscriptLine(entry, role, text, calls, tool_name, in_window, delivery))
     return lines
 
@@ -218,7 +220,7 @@ def create_blueprint(credential: ConsoleCredential) -> Blueprint:
             conversation_id=conversation_id,
             row=row,
             total=total,
-            lines=transcript_lines(entries, state),
+            lines=transcript_lines(entries, state, svc.settings.reply_mode),
             state=state,
             cache_key=_cache_key(svc, conversation_id),
             older=older,

@@ -37,7 +37,7 @@
     var step = (WIDTH - PAD) / Math.max(KEEP - 1, 1);
     SERIES.forEach(function (name) {
       var coords = points.map(function (p, i) {
-        var x = PAD + i * step;
+        var x = WIDTH - (points.length - 1 - i) * step;  // the newest at the right edge
         var y = (HEIGHT - PAD) - (p[name] / top) * (HEIGHT - 2 * PAD);
         return x.toFixed(1) + "," + y.toFixed(1);
       });
