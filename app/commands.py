@@ -17,7 +17,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from .observability import configure_logging
-from .schema_status import MIGRATIONS_DIR
+from .schema_status import MIGRATIONS_DIR, quiet_alembic
 from .settings import Settings
 from .wiring import StorageURLs, storage_urls
 
@@ -57,11 +57,10 @@ def migrate_database(database_url: str, revision: str = "head") -> None:
 
     Safe to run from several processes at once (the migration environment takes a lock).
     """
+    quiet_alembic()  # before the import: that is when it announces its plugins
     from alembic import command
     from alembic.config import Config
 
-    # Alembic's plugin set-up chatter is not news at every start.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
