@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .settings import Settings
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The embedded Postgres asks platformdirs for a runtime dir; its fallback is no news.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     try:
         settings = Settings.from_env()
     except ValueError as exc:

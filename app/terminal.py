@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from lc_hybrid_memory import HybridMemory, HybridMemoryError, codec
 
-from .agent import ChatAgent
 from .conversation_lookup import (
     LookupFailed,
     conversations_of,
@@ -32,6 +31,9 @@ from .conversation_lookup import (
 from .conversations import ConversationStore
 from .settings import Settings
 from .wiring import open_memory
+
+if TYPE_CHECKING:
+    from .agent import ChatAgent
 
 HELP = "commands: /history  /stats  /clear  /quit   (end of input also quits)"
 
@@ -154,6 +156,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         except LookupFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        from .agent import ChatAgent  # langchain and langgraph: only the chat needs them
+
         agent = ChatAgent(memory, settings)
         return chat(
             agent,
