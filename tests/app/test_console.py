@@ -238,3 +238,23 @@ def test_live_figures(harness: AppHarness, console_app: Flask) -> None:
     assert after["queue_depth"] == 0
     reads = after["memory"]["hits"] + after["memory"]["misses"]
     assert reads > before["memory"]["hits"] + before["memory"]["misses"]
+
+
+def test_erase_waits_for_a_running_turn_and_refuses_when_it_does_not_end(
+    harness: AppHarness, console_app: Flask
+) -> None:
+    from app.erasure import ErasureError, erase_conversation
+
+    conversation = seed_conversation(harness, "+15550006666", 1)
+    services = console_app.extensions["hybrid_memory"]
+    turn_lock = services.redis.lock(services.turns.lock_key(conversation), timeout=30)
+    assert turn_lock.acquire(blocking=False)  # a turn of this conversation is running
+    try:
+        with pytest.raises(ErasureError, match="still running"):
+            erase_conversation(services, conversation, wait_seconds=0.2)
+        assert harness.memory.count(conversation) == 2  # nothing erased meanwhile
+    finally:
+        turn_lock.release()
+    erasure = erase_conversation(services, conversation)
+    assert erasure.messages == 2 and erasure.conversation_row
+    assert erase_conversation(services, conversation).found is False  # erasing again: a no-op
