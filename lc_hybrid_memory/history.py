@@ -25,7 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from . import codec
 from .breaker import CircuitBreaker
 from .cache import CacheRead, MessageCache
-from .errors import InvalidSessionIdError
+from .errors import HybridMemoryError, InvalidSessionIdError
 from .schema import MessageTable
 from .store import EncodedMessage, MessageStore, StoredMessage
 
@@ -159,8 +159,10 @@ class HybridMemory:
         breaker: CircuitBreaker | None = None,
         prometheus: Any = None,
         owns_clients: bool = False,
+        recall: Any = None,
     ) -> None:
         self.store = store
+        self.recall_index = recall  # MessageRecall (semantic recall) or None
         self.cache = cache
         self.breaker = breaker or CircuitBreaker()
         self._stats = _Stats(_prometheus_counter(prometheus) if prometheus else None)
@@ -185,6 +187,8 @@ class HybridMemory:
         cluster: bool = False,
         engine_kwargs: dict[str, Any] | None = None,
         prometheus: Any = None,
+        embeddings: Any = None,
+        recall_options: dict[str, Any] | None = None,
     ) -> HybridMemory:
         """Build the memory and its pools from URLs (``redis_url=None``: Postgres only).
 
@@ -203,6 +207,9 @@ class HybridMemory:
             cluster: use a Redis Cluster client.
             engine_kwargs: extra ``create_engine`` arguments (pool size...).
             prometheus: ``True`` or a ``CollectorRegistry`` to export event counters.
+            embeddings: semantic recall: ``"default"`` (the offline MiniLM embedder of the
+                ``[recall]`` extra), any LangChain ``Embeddings``, or ``None`` (off).
+            recall_options: further :class:`~lc_hybrid_memory.recall.MessageRecall` arguments.
         """
         store = MessageStore.from_url(database_url, table=table, **(engine_kwargs or {}))
         cache = None
@@ -219,7 +226,10 @@ class HybridMemory:
         breaker = CircuitBreaker(
             failure_threshold=breaker_failure_threshold, reset_seconds=breaker_reset_seconds
         )
-        return cls(store, cache, breaker=breaker, prometheus=prometheus, owns_clients=True)
+        recall = _build_recall(store, embeddings, recall_options)
+        return cls(
+            store, cache, breaker=breaker, prometheus=prometheus, owns_clients=True, recall=recall
+        )
 
     # -- factory, lifecycle, statistics ------------------------------------------------------
 
@@ -241,12 +251,17 @@ class HybridMemory:
         )
 
     def create_schema(self) -> None:
-        """Create the messages table and its indexes if they do not exist."""
+        """Create the messages table and its indexes if they do not exist (and, with recall
+        on, pgvector and the recall tables)."""
         self.store.create_schema()
+        if self.recall_index is not None:
+            self.recall_index.create_schema()
 
     async def acreate_schema(self) -> None:
         """Async :meth:`create_schema`."""
         await self.store.acreate_schema()
+        if self.recall_index is not None:
+            await self.recall_index.acreate_schema()
 
     def stats(self) -> dict[str, Any]:
         """Counters since start (hits, misses, fills...), breaker state, pending invalidations."""
@@ -255,6 +270,8 @@ class HybridMemory:
         counts["breaker_opened"] = self.breaker.times_opened
         with self._dirty_lock:
             counts["pending_invalidations"] = len(self._dirty)
+        if self.recall_index is not None:
+            counts.update(_recall_lag(self.recall_index))
         return counts
 
     def close(self) -> None:
@@ -600,6 +617,8 @@ class HybridMemory:
         """Delete the conversation in Postgres, then its cache; how many messages were deleted."""
         sid = validate_session_id(session_id)
         deleted = self.store.clear(sid)
+        if self.recall_index is not None:
+            self.recall_index.forget(sid)
         self._cache_call(sid, lambda cache: cache.invalidate(sid), write=True)
         return deleted
 
@@ -607,6 +626,8 @@ class HybridMemory:
         """Async :meth:`clear`."""
         sid = validate_session_id(session_id)
         deleted = await self.store.aclear(sid)
+        if self.recall_index is not None:
+            await self.recall_index.aforget(sid)
         await self._acache_call(sid, lambda cache: cache.ainvalidate(sid), write=True)
         return deleted
 
@@ -621,6 +642,77 @@ class HybridMemory:
         sid = validate_session_id(session_id)
         rows = await self.store.asearch(sid, query, limit=limit)
         return self._decode_rows([(r.id, r.payload) for r in rows], sid)
+
+    # -- semantic recall (L3): thin delegation to MessageRecall -------------------------------
+
+    def _recall(self) -> Any:
+        if self.recall_index is None:
+            raise HybridMemoryError(
+                'recall is off: build the memory with embeddings="default" (or an Embeddings)'
+            )
+        return self.recall_index
+
+    def recall(
+        self, session_id: str, query: str, *, k: int = 5, exclude_recent: int = 0
+    ) -> list[BaseMessage]:
+        """The ``k`` older messages of the conversation best matching ``query`` (hybrid
+        full-text + semantic), best first; ``exclude_recent`` leaves out the newest ones."""
+        sid = validate_session_id(session_id)
+        hits = self._recall().recall(sid, query, k=k, exclude_recent=exclude_recent)
+        return [hit.message for hit in hits]
+
+    async def arecall(
+        self, session_id: str, query: str, *, k: int = 5, exclude_recent: int = 0
+    ) -> list[BaseMessage]:
+        """Async :meth:`recall`."""
+        sid = validate_session_id(session_id)
+        hits = await self._recall().arecall(sid, query, k=k, exclude_recent=exclude_recent)
+        return [hit.message for hit in hits]
+
+    def index_pending(self, *, limit: int | None = None) -> int:
+        """Embed and index the messages not yet indexed; how many were indexed."""
+        return self._recall().index_pending(limit=limit)
+
+    async def aindex_pending(self, *, limit: int | None = None) -> int:
+        """Async :meth:`index_pending`."""
+        return await self._recall().aindex_pending(limit=limit)
+
+    def start_indexer(self, **options: Any) -> Any:
+        """Start a background :class:`~lc_hybrid_memory.recall.RecallIndexer` (stop it with
+        ``.stop()``)."""
+        from .recall import RecallIndexer
+
+        return RecallIndexer(self._recall(), **options).start()
+
+    def retriever(self, session_id: str, **kwargs: Any) -> Any:
+        """A LangChain retriever over the conversation's messages (``k``, ``exclude_recent``)."""
+        from .retriever import ConversationRetriever
+
+        sid = validate_session_id(session_id)
+        return ConversationRetriever(recall=self._recall(), session_id=sid, **kwargs)
+
+
+def _build_recall(store: MessageStore, embeddings: Any, options: dict[str, Any] | None) -> Any:
+    if embeddings is None:
+        if options:
+            raise ValueError("recall_options need embeddings")
+        return None
+    from .recall import MessageRecall, resolve_embeddings
+
+    return MessageRecall(store, resolve_embeddings(embeddings), **(options or {}))
+
+
+def _recall_lag(recall: Any) -> dict[str, Any]:
+    from .errors import StoreUnavailableError
+
+    try:
+        lag = recall.lag()
+    except (StoreUnavailableError, HybridMemoryError):
+        return {"recall_pending": None, "recall_oldest_pending_seconds": None}
+    return {
+        "recall_pending": lag["pending"],
+        "recall_oldest_pending_seconds": lag["oldest_pending_seconds"],
+    }
 
 
 def _drop_orphan_tool_results(messages: list[BaseMessage]) -> list[BaseMessage]:
