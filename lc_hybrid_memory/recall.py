@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,12 @@ def embedder_name(embeddings: Embeddings) -> str:
     if model is None and isinstance(size, int):
         model = f"{size}d"
     return f"{kind}:{model}" if model else kind
+
+
+def _unit(vector: Sequence[float]) -> list[float]:
+    """``vector`` scaled to length 1, so that inner product ranks like cosine similarity."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
@@ -329,7 +336,7 @@ class MessageRecall:
             by_text = iter(vectors)
             params = []
             for r, t in present:
-                vector = next(by_text) if t else None
+                vector = _unit(next(by_text)) if t else None
                 params.append(
                     {
                         "conversation_id": r.conversation_id,
@@ -343,7 +350,7 @@ class MessageRecall:
             done = [(r.conversation_id, r.message_id) for r, _ in present]
             conn.execute(self.sql.drop_other_models_stmt(done, self.model_name or ""))
         conn.execute(self.sql.dequeue_stmt(keys))
-        return len(present)
+        return sum(1 for _, t in present if t)
 
     def _index_batch(self, conn: Connection, limit: int, semantic: bool) -> tuple[int, int]:
         rows = self.sql.pending_rows(conn.execute(self.sql.claim_stmt(limit)))
@@ -555,7 +562,7 @@ class MessageRecall:
         embedding = None
         if self.vectors_available():
             assert self.embeddings is not None
-            embedding = self.embeddings.embed_query(query)
+            embedding = _unit(self.embeddings.embed_query(query))
         stmt = self._search(session_id, query, embedding, exclude_recent)
         rows = self._run("recall messages", lambda conn: self.sql.candidates(conn.execute(stmt)))
         return self.fuse(rows, k)
@@ -570,7 +577,7 @@ class MessageRecall:
         embedding = None
         if await self.avectors_available():
             assert self.embeddings is not None
-            embedding = await self.embeddings.aembed_query(query)
+            embedding = _unit(await self.embeddings.aembed_query(query))
         stmt = self._search(session_id, query, embedding, exclude_recent)
 
         async def work(conn: AsyncConnection) -> list[Candidate]:

@@ -199,12 +199,11 @@ class RecallStore:
     def _ddl_table(self, table: Table, metadata: MetaData, references: list[str] | None) -> Table:
         copy = table.to_metadata(metadata)
         if references is not None:
-            conv, row = self.messages.c.conversation_id.name, self.messages.c.id.name
-            local = ["conversation_id", "message_id"] if len(references) == 2 else ["message_id"]
+            # Column keys of the mapped table (its own column names may differ).
+            pair = len(references) == 2
+            local = ["conversation_id", "message_id"] if pair else ["message_id"]
             target = self.messages.fullname
-            remote = [
-                f"{target}.{name}" for name in ([conv, row] if len(references) == 2 else [row])
-            ]
+            remote = [f"{target}.{key}" for key in (["conversation_id", "id"] if pair else ["id"])]
             copy.append_constraint(
                 ForeignKeyConstraint(
                     local, remote, ondelete="CASCADE", name=f"{table.name}_message_fkey"
