@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +65,8 @@ T = TypeVar("T")
 
 # pg_advisory_lock key serialising concurrent recall create_schema() calls.
 _SCHEMA_LOCK_KEY = 0x6C6368_726563  # "lchrec"
+# How often the statistics of common words are re-read (they change with ANALYZE only).
+_COMMON_REFRESH_SECONDS = 600.0
 
 
 class VectorsUnavailableError(HybridMemoryError, RuntimeError):
@@ -138,6 +141,8 @@ class MessageRecall:
         candidates: how many of each side's best are fused.
         rrf_k: the reciprocal-rank-fusion constant.
         vector_weight, lexical_weight: weights of the two rankings in the fusion.
+        common_share: query words found in more than this share of the table's messages
+            (Postgres's statistics of the lexemes) are left out of the lexical side.
         roles: roles whose messages are indexed (tool results and system prompts are not).
         batch_size: messages embedded per transaction.
         require_vectors: raise :class:`VectorsUnavailableError` instead of recalling lexically
@@ -156,7 +161,8 @@ class MessageRecall:
         candidates: int = 50,
         rrf_k: int = 60,
         vector_weight: float = 1.0,
-        lexical_weight: float = 1.0,
+        lexical_weight: float = 0.2,
+        common_share: float = 0.02,
         roles: Sequence[str] = ("user", "assistant"),
         batch_size: int = 64,
         require_vectors: bool = False,
@@ -172,6 +178,8 @@ class MessageRecall:
         self.rrf_k = rrf_k
         self.vector_weight = vector_weight
         self.lexical_weight = lexical_weight
+        self.common_share = common_share
+        self._common: tuple[float, list[str]] = (float("-inf"), [])  # (read at, lexemes)
         self.roles = frozenset(roles)
         self.batch_size = batch_size
         self.require_vectors = require_vectors
@@ -474,12 +482,41 @@ class MessageRecall:
 
     # -- recall ------------------------------------------------------------------------------
 
+    def _common_due(self) -> bool:
+        return time.monotonic() - self._common[0] > _COMMON_REFRESH_SECONDS
+
+    def _common_lexemes(self) -> list[str]:
+        if self._common_due():
+            stmt = self.sql.common_lexemes_stmt(self.common_share)
+            found = self._run("read lexeme statistics", lambda c: c.execute(stmt).scalar_one())
+            self._common = (time.monotonic(), list(found))
+        return self._common[1]
+
+    async def _acommon_lexemes(self) -> list[str]:
+        if self._common_due():
+            stmt = self.sql.common_lexemes_stmt(self.common_share)
+
+            async def work(conn: AsyncConnection) -> Any:
+                return (await conn.execute(stmt)).scalar_one()
+
+            self._common = (
+                time.monotonic(),
+                list(await self._arun("read lexeme statistics", work)),
+            )
+        return self._common[1]
+
     def _search(
-        self, session_id: str, query: str, embedding: list[float] | None, exclude_recent: int
+        self,
+        session_id: str,
+        query: str,
+        embedding: list[float] | None,
+        exclude_recent: int,
+        common: list[str],
     ) -> Any:
         return self.sql.search_stmt(
             self.store.conversation_key(session_id),
             query=query,
+            common=common,
             embedding=embedding,
             model=self.model_name,
             candidates=self.candidates,
@@ -563,7 +600,7 @@ class MessageRecall:
         if self.vectors_available():
             assert self.embeddings is not None
             embedding = _unit(self.embeddings.embed_query(query))
-        stmt = self._search(session_id, query, embedding, exclude_recent)
+        stmt = self._search(session_id, query, embedding, exclude_recent, self._common_lexemes())
         rows = self._run("recall messages", lambda conn: self.sql.candidates(conn.execute(stmt)))
         return self.fuse(rows, k)
 
@@ -578,7 +615,8 @@ class MessageRecall:
         if await self.avectors_available():
             assert self.embeddings is not None
             embedding = _unit(await self.embeddings.aembed_query(query))
-        stmt = self._search(session_id, query, embedding, exclude_recent)
+        common = await self._acommon_lexemes()
+        stmt = self._search(session_id, query, embedding, exclude_recent, common)
 
         async def work(conn: AsyncConnection) -> list[Candidate]:
             return self.sql.candidates(await conn.execute(stmt))
@@ -629,8 +667,6 @@ class RecallIndexer:
         return self.recall.index_pending()
 
     def _loop(self) -> None:
-        import time
-
         next_backfill = time.monotonic() if self.backfill_interval is not None else None
         while not self._stop.is_set():
             try:

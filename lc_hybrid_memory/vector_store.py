@@ -46,6 +46,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    column,
     delete,
     exists,
     func,
@@ -377,6 +378,16 @@ FOR EACH STATEMENT EXECUTE FUNCTION {function}()""",
         stmt = pg_insert(self.queue).from_select(["conversation_id", "message_id"], rows)
         return stmt.on_conflict_do_nothing()
 
+    def common_lexemes_stmt(self, share: float) -> Executable:
+        """The lexemes in more than ``share`` of the messages, from Postgres's own statistics
+        of the ``tsvector`` column (``ANALYZE``/autovacuum keep them; none before that)."""
+        return text(
+            "SELECT coalesce(array_agg(lexeme), '{}') FROM pg_stats, "
+            "unnest(most_common_elems::text::text[], most_common_elem_freqs) AS e(lexeme, share) "
+            "WHERE schemaname = :schema AND tablename = :table AND attname = 'tsv' "
+            "AND lexeme IS NOT NULL AND share > :share"
+        ).bindparams(schema=self.mapping.schema or "public", table=self.lexemes.name, share=share)
+
     def lag_stmt(self) -> Executable:
         """Pending rows and the age in seconds of the oldest (one row)."""
         q = self.queue.c
@@ -430,6 +441,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION {function}()""",
         candidates: int,
         exclude_recent: int,
         lexical: bool = True,
+        common: Sequence[str] = (),
     ) -> Executable:
         """One statement: the best ``candidates`` of each side, joined to their messages."""
         c = self.messages.c
@@ -455,7 +467,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION {function}()""",
             sides.append(vec.cte("vector_side"))
         if lexical:
             t = self.lexemes.c
-            tsquery = _any_word_tsquery(self.text_search_config, query)
+            tsquery = _any_word_tsquery(self.text_search_config, query, common)
             rank = func.ts_rank_cd(t.tsv, tsquery, 1)
             lex = (
                 select(
@@ -550,12 +562,27 @@ FOR EACH STATEMENT EXECUTE FUNCTION {function}()""",
         )
 
 
-def _any_word_tsquery(config: str, query: str) -> Any:
-    """A ``tsquery`` matching any word of ``query`` (``plainto_tsquery`` ANDs them all)."""
-    plain = func.plainto_tsquery(
-        literal_column(f"'{config}'::regconfig"), bindparam("query", query, type_=Text)
+def _any_word_tsquery(config: str, query: str, common: Sequence[str]) -> Any:
+    """A ``tsquery`` matching any word of ``query`` except the ``common`` lexemes (words in a
+    large share of the messages carry no information and drown the rare ones; with
+    ``plainto_tsquery`` every word would be required). NULL, matching nothing, if none is left.
+
+    The parser never puts quotes or backslashes in a lexeme, so ``quote_literal`` gives the
+    tsquery spelling of each.
+    """
+    return (
+        text(
+            "SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery "
+            f"FROM unnest(tsvector_to_array(to_tsvector('{config}'::regconfig, :query))) "
+            "AS lexeme WHERE lexeme <> ALL(:common)"
+        )
+        .bindparams(
+            bindparam("query", query, type_=Text),
+            bindparam("common", list(common), type_=ARRAY(Text)),
+        )
+        .columns(column("tsquery", _TSQUERY))
+        .scalar_subquery()
     )
-    return cast(func.replace(cast(plain, Text), " & ", " | "), _TSQUERY)
 
 
 class _TSQueryType(UserDefinedType):
