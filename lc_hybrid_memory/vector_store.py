@@ -220,18 +220,37 @@ class RecallStore:
         """
         if vectors:
             vectors = self.ensure_extension(conn)
-        references = self._reference_columns(conn)
         metadata = MetaData(schema=self.mapping.schema)
-        self.messages.to_metadata(metadata)
-        tables = [self.queue, self.lexemes] + ([self.vectors] if vectors else [])
-        for table in tables:
-            refs = None if table is self.queue else references
-            self._ddl_table(table, metadata, refs)
-        metadata.create_all(conn, checkfirst=True, tables=[metadata.tables[t.key] for t in tables])
-        if trigger:
+        tables = self.ddl_tables(
+            metadata, vectors=vectors, references=self._reference_columns(conn)
+        )
+        metadata.create_all(conn, checkfirst=True, tables=tables)
+        if trigger and not self.has_trigger(conn):
+            # Only when missing: replacing it would lock the messages table on every start.
             for statement in self.trigger_ddl():
                 conn.execute(text(statement))
         return vectors
+
+    def ddl_tables(
+        self, metadata: MetaData, *, vectors: bool, references: list[str] | None
+    ) -> list[Table]:
+        """The recall tables as created, with their foreign keys to the messages table
+        (``references``: its unique columns, see :meth:`_reference_columns`), in ``metadata``
+        (which gets a copy of the messages table if it lacks one)."""
+        if self.messages.key not in metadata.tables:
+            self.messages.to_metadata(metadata)
+        tables = [self.queue, self.lexemes] + ([self.vectors] if vectors else [])
+        return [
+            self._ddl_table(table, metadata, None if table is self.queue else references)
+            for table in tables
+        ]
+
+    def has_trigger(self, conn: Connection) -> bool:
+        row = conn.execute(
+            text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass(:rel)"),
+            {"name": self.trigger_name, "rel": self._qualified(self.messages)},
+        ).first()
+        return row is not None
 
     def ensure_extension(self, conn: Connection) -> bool:
         """``CREATE EXTENSION IF NOT EXISTS vector``; ``False`` if the server cannot."""
