@@ -541,45 +541,6 @@ FOR EACH STATEMENT EXECUTE FUNCTION {function}()""",
     def candidates(result: Any) -> list[Candidate]:
         return [Candidate(*row) for row in result]
 
-    def neighbours_stmt(self, key: Any, ids: Sequence[int], before: int, after: int) -> Executable:
-        """The ``before`` messages preceding and ``after`` following each of ``ids``."""
-        c = self.messages.c
-        hits = select(func.unnest(literal(list(ids), type_=_BIGINT_ARRAY)).label("hit")).subquery()
-        earlier = (
-            select(c.id)
-            .where(and_(c.conversation_id >= key, c.conversation_id <= key), c.id < hits.c.hit)
-            .order_by(c.conversation_id.desc(), c.id.desc())
-            .limit(before)
-            .lateral()
-        )
-        later = (
-            select(c.id)
-            .where(and_(c.conversation_id >= key, c.conversation_id <= key), c.id > hits.c.hit)
-            .order_by(c.conversation_id, c.id)
-            .limit(after)
-            .lateral()
-        )
-        around = (
-            select(earlier.c.id.label("id"), hits.c.hit)
-            .select_from(hits.join(earlier, literal(True)))
-            .union_all(
-                select(later.c.id.label("id"), hits.c.hit).select_from(
-                    hits.join(later, literal(True))
-                )
-            )
-            .subquery()
-        )
-        m = self.mapping
-        return select(
-            c.id,
-            *self._message_columns(),
-            c.message_uid if m.message_uid is not None else literal(None),
-            c.created_at if m.created_at is not None else literal(None),
-            around.c.hit,
-        ).select_from(
-            around.join(self.messages, and_(c.conversation_id == key, c.id == around.c.id))
-        )
-
 
 def _any_word_tsquery(config: str, query: str, common: Sequence[str]) -> Any:
     """A ``tsquery`` matching any word of ``query`` except the ``common`` lexemes (words in a
@@ -612,5 +573,3 @@ class _TSQueryType(UserDefinedType):
 
 
 _TSQUERY = _TSQueryType()
-
-_BIGINT_ARRAY = ARRAY(BigInteger)
