@@ -11,9 +11,12 @@ from .errors import (
     StoreUnavailableError,
 )
 from .history import DEFAULT_WINDOW, HybridChatMessageHistory
-from .memory import HybridMemory, TranscriptEntry, TurnReply
+from .memory import HybridMemory
+from .memory_views import TranscriptEntry, TurnReply
 from .postgres import async_url, sync_url
+from .recall import MessageRecall, RecalledMessage, RecallIndexer, VectorsUnavailableError
 from .records import ConversationSummary
+from .retriever import ConversationRetriever
 from .schema import MessageTable
 from .session_ids import canonical_session_id, validate_session_id
 from .store import MessageStore
@@ -22,6 +25,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "CacheState",
     "CircuitBreaker",
+    "ConversationRetriever",
     "ConversationSummary",
     "HybridChatMessageHistory",
     "HybridMemory",
@@ -29,12 +33,16 @@ __all__ = [
     "InvalidMessageError",
     "InvalidSessionIdError",
     "MessageCache",
+    "MessageRecall",
     "MessageStore",
     "MessageTable",
+    "RecallIndexer",
+    "RecalledMessage",
     "StoreConfigurationError",
     "StoreUnavailableError",
     "TranscriptEntry",
     "TurnReply",
+    "VectorsUnavailableError",
     "async_url",
     "canonical_session_id",
     "role_of",

@@ -11,53 +11,29 @@ decisions live in :mod:`.policy`; this class only drives them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 
 from .breaker import CircuitBreaker
-from .cache import CacheState, MessageCache
+from .cache import MessageCache
 from .guarded_cache import GuardedCache
 from .history import DEFAULT_WINDOW, HybridChatMessageHistory, validate_window
+from .memory_recall import RecallMethods, build_recall, recall_lag
+from .memory_views import OperatorViews
 from .policy import Call, MemoryPolicy, Steps
-from .records import ConversationSummary, StoredRow
 from .schema import MessageTable
 from .session_ids import canonical_session_id
 from .stats import MemoryStats
 from .store import MessageStore
 
-__all__ = ["HybridMemory", "TranscriptEntry", "TurnReply"]
+__all__ = ["HybridMemory"]
 
 MAX_SEARCH_QUERY_LENGTH = 1000
 MAX_SEARCH_LIMIT = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class TranscriptEntry:
-    """One stored message with its row id and metadata, as an operator sees it."""
-
-    row_id: int
-    message_id: str | None
-    message: BaseMessage | None  # None: the stored payload could not be decoded
-    created_at: datetime | None
-    provider_sid: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TurnReply:
-    """The last stored message of a turn (ids ``<turn id>:<n>``) and its delivery mark."""
-
-    message_id: str
-    provider_sid: str | None
-
-    @property
-    def delivered(self) -> bool:
-        return self.provider_sid is not None
-
-
-class HybridMemory:
+class HybridMemory(OperatorViews, RecallMethods):
     """The Postgres store, the Redis cache, the breaker and the statistics of one process.
 
     Create it once per process (it owns the connection pools; async pools are made per event
@@ -86,8 +62,10 @@ class HybridMemory:
         breaker: CircuitBreaker | None = None,
         prometheus: Any = None,
         owns_clients: bool = False,
+        recall: Any = None,
     ) -> None:
         self.store = store
+        self.recall_index = recall  # MessageRecall (semantic recall), or None when off
         self.cache = cache
         self.breaker = breaker or CircuitBreaker()
         self._stats = MemoryStats(prometheus)
@@ -113,6 +91,8 @@ class HybridMemory:
         statement_timeout_seconds: float = 30.0,
         engine_kwargs: dict[str, Any] | None = None,
         prometheus: Any = None,
+        embeddings: Any = None,
+        recall_options: dict[str, Any] | None = None,
     ) -> HybridMemory:
         """Build the memory and its pools from URLs (``redis_url=None``: Postgres only).
 
@@ -132,6 +112,9 @@ class HybridMemory:
             statement_timeout_seconds: bound of every SQL statement.
             engine_kwargs: extra ``create_engine`` arguments (pool size...).
             prometheus: ``True`` or a ``CollectorRegistry`` to export event counters.
+            embeddings: semantic recall: ``"default"`` (the offline MiniLM embedder of the
+                ``[recall]`` extra), any LangChain ``Embeddings``, or ``None`` (off).
+            recall_options: further :class:`~lc_hybrid_memory.recall.MessageRecall` arguments.
         """
         store = MessageStore.from_url(
             database_url,
@@ -153,7 +136,10 @@ class HybridMemory:
         breaker = CircuitBreaker(
             failure_threshold=breaker_failure_threshold, reset_seconds=breaker_reset_seconds
         )
-        return cls(store, cache, breaker=breaker, prometheus=prometheus, owns_clients=True)
+        recall = build_recall(store, embeddings, recall_options)
+        return cls(
+            store, cache, breaker=breaker, prometheus=prometheus, owns_clients=True, recall=recall
+        )
 
     # -- driving the policy ------------------------------------------------------------------
 
@@ -214,12 +200,17 @@ class HybridMemory:
         )
 
     def create_schema(self) -> None:
-        """Create the messages table and its indexes if they do not exist."""
+        """Create the messages table and its indexes if they do not exist (and, with recall
+        on, pgvector and the recall tables)."""
         self.store.create_schema()
+        if self.recall_index is not None:
+            self.recall_index.create_schema()
 
     async def acreate_schema(self) -> None:
         """Async :meth:`create_schema`."""
         await self.store.acreate_schema()
+        if self.recall_index is not None:
+            await self.recall_index.acreate_schema()
 
     def stats(self) -> dict[str, Any]:
         """Counters since start (hits, misses, fills...), breaker state, pending invalidations."""
@@ -227,6 +218,8 @@ class HybridMemory:
         counts["breaker_state"] = self.breaker.state
         counts["breaker_opened"] = self.breaker.times_opened
         counts["pending_invalidations"] = self._guard.pending_invalidations
+        if self.recall_index is not None:
+            counts.update(recall_lag(self.recall_index))
         return counts
 
     def close(self) -> None:
@@ -292,14 +285,21 @@ class HybridMemory:
         return await self._adrive(sid, self._policy.write(sid, encoded)) if encoded else []
 
     def clear(self, session_id: str) -> int:
-        """Delete the conversation in Postgres, then its cache; how many messages were deleted."""
+        """Delete the conversation in Postgres, then its cache and its recall index; how many
+        messages were deleted."""
         sid = self.session_id(session_id)
-        return self._drive(sid, self._policy.clear(sid))
+        deleted = self._drive(sid, self._policy.clear(sid))
+        if self.recall_index is not None:
+            self.recall_index.forget(sid)
+        return deleted
 
     async def aclear(self, session_id: str) -> int:
         """Async :meth:`clear`."""
         sid = self.session_id(session_id)
-        return await self._adrive(sid, self._policy.clear(sid))
+        deleted = await self._adrive(sid, self._policy.clear(sid))
+        if self.recall_index is not None:
+            await self.recall_index.aforget(sid)
+        return deleted
 
     def _search_args(self, session_id: str, query: str, limit: int) -> tuple[str, str, int]:
         if not isinstance(query, str) or not query or len(query) > MAX_SEARCH_QUERY_LENGTH:
@@ -321,67 +321,3 @@ class HybridMemory:
         sid, query, limit = self._search_args(session_id, query, limit)
         rows = await self.store.asearch(sid, query, limit=limit)
         return self._policy.decode([(r.id, r.payload) for r in rows], sid)
-
-    # -- what operators and the app's delivery bookkeeping read -------------------------------
-
-    def transcript(
-        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
-    ) -> list[TranscriptEntry]:
-        """The stored messages with row ids, message ids, times and delivery marks, oldest first
-        (Postgres; ``limit``/``before_id`` page backwards)."""
-        sid = self.session_id(session_id)
-        return self._entries(sid, self.store.transcript(sid, limit=limit, before_id=before_id))
-
-    async def atranscript(
-        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
-    ) -> list[TranscriptEntry]:
-        """Async :meth:`transcript`."""
-        sid = self.session_id(session_id)
-        rows = await self.store.atranscript(sid, limit=limit, before_id=before_id)
-        return self._entries(sid, rows)
-
-    def _entries(self, sid: str, rows: list[StoredRow]) -> list[TranscriptEntry]:
-        entries = []
-        for row in rows:
-            decoded = self._policy.decode([(row.id, row.payload)], sid)
-            message = decoded[0] if decoded else None
-            entries.append(
-                TranscriptEntry(row.id, row.message_uid, message, row.created_at, row.provider_sid)
-            )
-        return entries
-
-    def cache_state(self, session_id: str) -> CacheState | None:
-        """The row ids the Redis list holds and its TTL; ``None`` when not cached or Redis is
-        unreachable."""
-        sid = self.session_id(session_id)
-        state = self._guard.call(sid, "state", (sid,), write=False)
-        return state if isinstance(state, CacheState) else None
-
-    def count(self, session_id: str) -> int:
-        """How many messages the conversation holds (Postgres)."""
-        return self.store.count(self.session_id(session_id))
-
-    def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
-        """Message count and last message time of each of these conversations that has messages
-        (one query), keyed by the canonical session id."""
-        return self.store.summaries([self.session_id(sid) for sid in session_ids])
-
-    def turn_reply(self, session_id: str, turn_id: str) -> TurnReply | None:
-        """The last message stored for a turn whose messages have ids ``<turn_id>:<n>``."""
-        found = self.store.turn_reply(self.session_id(session_id), turn_id)
-        return None if found is None else TurnReply(*found)
-
-    async def aturn_reply(self, session_id: str, turn_id: str) -> TurnReply | None:
-        """Async :meth:`turn_reply`."""
-        found = await self.store.aturn_reply(self.session_id(session_id), turn_id)
-        return None if found is None else TurnReply(*found)
-
-    def mark_delivered(self, session_id: str, message_id: str, provider_sid: str) -> bool:
-        """Record the provider's id of a sent message (e.g. a Twilio SID); whether it exists."""
-        sid = self.session_id(session_id)
-        return self.store.set_provider_sid(sid, message_id, provider_sid)
-
-    async def amark_delivered(self, session_id: str, message_id: str, provider_sid: str) -> bool:
-        """Async :meth:`mark_delivered`."""
-        sid = self.session_id(session_id)
-        return await self.store.aset_provider_sid(sid, message_id, provider_sid)

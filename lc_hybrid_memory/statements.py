@@ -148,9 +148,7 @@ class MessageStatements:
             ),
         )
         return (
-            select(
-                incoming.c.position, row_id, inserted.c.id.is_not(None), self._before(row_id)
-            )
+            select(incoming.c.position, row_id, inserted.c.id.is_not(None), self._before(row_id))
             .select_from(joined)
             .order_by(incoming.c.position)
         )

@@ -35,8 +35,6 @@ T = TypeVar("T")
 _SCHEMA_LOCK_KEY = 0x6C6368_6D656D  # "lchmem"
 
 
-
-
 class MessageStore:
     """Reads and writes one conversation's messages in the mapped ``messages`` table.
 
@@ -288,9 +286,7 @@ class MessageStore:
         params = self._search_params(session_id, query, limit)
         return self._fetch("search messages", self.sql.search(), params, self.sql.rows)
 
-    async def asearch(
-        self, session_id: str, query: str, *, limit: int = 10
-    ) -> list[StoredMessage]:
+    async def asearch(self, session_id: str, query: str, *, limit: int = 10) -> list[StoredMessage]:
         """Async :meth:`search`."""
         params = self._search_params(session_id, query, limit)
         return await self._afetch("search messages", self.sql.search(), params, self.sql.rows)
@@ -345,9 +341,7 @@ class MessageStore:
     async def aturn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
         """Async :meth:`turn_reply`."""
         params = self._turn_params(session_id, turn_id)
-        return await self._afetch(
-            "read a turn's reply", self.sql.turn_reply(), params, self._reply
-        )
+        return await self._afetch("read a turn's reply", self.sql.turn_reply(), params, self._reply)
 
     def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
         """Message count and last message time of each conversation that has messages."""
