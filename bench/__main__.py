@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-round-trips", action="store_true")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--no-webhook", action="store_true")
+    p.add_argument("--no-concurrency", action="store_true", help="skip the 64-conversation load")
+    p.add_argument("--no-prototypes", action="store_true", help="skip the side-by-side prototypes")
     p.add_argument("--webhook-only", action="store_true", help="only the webhook load test")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -170,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in lengths:  # warm our cache, as traffic would
             admin.memory.get_messages(ds.sid_for(n))
         impls, floors = build(admin, srv.redis_url, srv.database_url)
+        rw_length = 50 if 50 in lengths else lengths[0]
         cells = []
         try:
             for scenario in scenarios:
                 for n in lengths:
+                    if scenario == "rw" and n != rw_length:
+                        continue  # the CPU of a turn: one length is enough
                     runners = runners_for(impls, floors, scenario, n)
                     got = time_cell(scenario, n, runners, budget)
                     cells += got
@@ -188,6 +194,32 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_round_trips:
             rts = _round_trips(srv, admin, scenarios, rt_lengths, rt_calls, log)
         extra: dict[str, Any] = {}
+        if not args.no_concurrency:
+            from .concurrency import run_concurrency
+
+            if args.smoke:
+                rounds, conv, turns = 1, 4, 2
+            else:
+                rounds, conv, turns = (2 if args.quick else 3), 64, 15
+            runs, summary = run_concurrency(
+                admin, srv.redis_url, srv.database_url, rounds=rounds,
+                conversations=conv, turns=turns, log=log,
+            )  # fmt: skip
+            extra["concurrency"] = {
+                "conversations": conv,
+                "turns": turns,
+                "rounds": rounds,
+                "summary": [asdict(x) for x in summary],
+                "runs": [{k: v for k, v in asdict(x).items() if k != "latencies"} for x in runs],
+            }
+            extra["concurrency_runs"] = runs
+        if not args.no_prototypes:
+            from .prototypes import run_prototypes
+
+            extra["prototypes"] = run_prototypes(
+                srv.redis_url, srv.database_url, admin, quick=args.quick or args.smoke,
+                smoke=args.smoke, log=log,
+            )  # fmt: skip
         if not args.no_profile and not args.smoke:
             extra["profile"] = _profile(srv, admin, args.out, log)
         if not args.no_webhook and not args.smoke:
