@@ -12,12 +12,12 @@ from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from . import dataset as ds
 from .impls import SCENARIOS, Admin, build, runners_for
 from .measure import Budget, count_cell, time_cell
-from .proxy import CountingProxy
+from .proxy import CountingProxy, proxied_url
 from .report import write_all
 from .servers import servers
 
@@ -82,14 +82,6 @@ def _versions() -> str:
         except Exception:
             out.append(f"{name} (not installed)")
     return ", ".join(out)
-
-
-def _proxied(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
             extra["prototypes"] = run_prototypes(
                 srv.redis_url, srv.database_url, admin, quick=args.quick or args.smoke,
-                smoke=args.smoke, log=log,
+                smoke=args.smoke, out=args.out, log=log,
             )  # fmt: skip
         if not args.no_profile and not args.smoke:
             extra["profile"] = _profile(srv, admin, args.out, log)
@@ -297,7 +289,7 @@ def _round_trips(srv, admin, scenarios, rt_lengths, calls, log) -> list:
     rp = CountingProxy(redis_parts.hostname, redis_parts.port or 6379)
     pp = CountingProxy(pg_parts.hostname, pg_parts.port or 5432)
     impls, floors = build(
-        admin, _proxied(srv.redis_url, rp.port), _proxied(srv.database_url, pp.port)
+        admin, proxied_url(srv.redis_url, rp.port), proxied_url(srv.database_url, pp.port)
     )
     out = []
     try:

@@ -205,9 +205,15 @@ async def _async_run(
     return seconds, cpu, latencies, warm + sids
 
 
-def _threads_run(
-    redis_url: str, database_url: str, tag: str, conversations: int, turns: int
+def threads_run(
+    redis_url: str,
+    database_url: str,
+    tag: str,
+    conversations: int,
+    turns: int,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> tuple[float, float, list[float], list[str]]:
+    """Our sync API: the same load from ``THREADS`` threads (a conversation per task)."""
     from lc_hybrid_memory import HybridMemory, MessageTable
 
     memory = HybridMemory.from_urls(
@@ -215,6 +221,7 @@ def _threads_run(
         database_url=database_url,
         table=MessageTable(name=ds.TABLE),
         prefix=ds.PREFIX,
+        engine_kwargs=engine_kwargs,
     )
 
     def conversation(sid: str, n: int, out: list) -> None:
@@ -284,7 +291,7 @@ def run_concurrency(
             for name in names[shift:] + names[:shift]:
                 tag = f"{run_id}-{name}-{r}"
                 if name == "ours_threads":
-                    seconds, cpu, lat, sids = _threads_run(
+                    seconds, cpu, lat, sids = threads_run(
                         redis_url, database_url, tag, conversations, turns
                     )
                 else:
