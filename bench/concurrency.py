@@ -55,6 +55,7 @@ class Run:
     cpu_seconds: float
     latencies: list[float] = field(repr=False)  # seconds per turn
     errors: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)  # ours: cache events during the run
 
     @property
     def turns_per_s(self) -> float:
@@ -75,10 +76,12 @@ class Summary:
     p99_ms: float
     cpu_per_turn_ms: float  # median over runs
     errors: int
+    cache_errors: int = 0  # ours: Redis calls that failed (timeouts...) over all runs
+    store_reads: int = 0  # ours: reads served by Postgres with the cache skipped or short
 
 
 # An async implementation: ``open()`` (in the running loop) returns
-# (history factory, close); the factory may be sync or async.
+# (history factory, close[, stats]); ``stats()`` (ours) gives the memory's event counters.
 History = Any
 Opener = Callable[[], Awaitable[tuple[Callable[[str], Any], Callable[[], Awaitable[None]]]]]
 
@@ -93,7 +96,7 @@ def _openers(redis_url: str, database_url: str) -> dict[str, Opener]:
             table=MessageTable(name=ds.TABLE),
             prefix=ds.PREFIX,
         )
-        return memory.history, memory.aclose
+        return memory.history, memory.aclose, memory.stats
 
     async def lc_pg_conn() -> tuple:
         import psycopg
@@ -189,8 +192,9 @@ async def _conversation(factory: Callable[[str], Any], sid: str, turns: int, out
 
 async def _async_run(
     name: str, opener: Opener, tag: str, conversations: int, turns: int
-) -> tuple[float, float, list[float], list[str]]:
-    factory, close = await opener()
+) -> tuple[float, float, list[float], list[str], dict[str, Any]]:
+    factory, close, *rest = await opener()
+    stats = rest[0] if rest else None
     try:
         warm = [f"{SID_PREFIX}{tag}-warm-{i}" for i in range(conversations)]
         await asyncio.gather(*(_conversation(factory, s, 1, []) for s in warm))
@@ -200,9 +204,20 @@ async def _async_run(
         c0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(_conversation(factory, s, turns, latencies) for s in sids))
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        counts = _cache_events(stats() if stats else {})
     finally:
         await close()
-    return seconds, cpu, latencies, warm + sids
+    return seconds, cpu, latencies, warm + sids, counts
+
+
+def _degraded(counts: dict[str, Any]) -> bool:
+    return bool(counts.get("cache_errors") or counts.get("cache_skipped"))
+
+
+def _cache_events(stats: dict[str, Any]) -> dict[str, Any]:
+    """The counters that show a degraded run (cache errors, breaker, reads from Postgres)."""
+    keys = ("hits", "misses", "store_reads", "cache_errors", "cache_skipped", "breaker_opened")
+    return {k: stats[k] for k in keys if k in stats}
 
 
 def threads_run(
@@ -245,9 +260,10 @@ def threads_run(
             c0, t0 = time.process_time(), time.perf_counter()
             list(pool.map(lambda s: conversation(s, turns, latencies), sids))
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            counts = _cache_events(memory.stats())
     finally:
         memory.close()
-    return seconds, cpu, latencies, warm + sids
+    return seconds, cpu, latencies, warm + sids, counts
 
 
 def cleanup(admin: Any, sids: list[str]) -> None:
@@ -291,21 +307,26 @@ def run_concurrency(
             for name in names[shift:] + names[:shift]:
                 tag = f"{run_id}-{name}-{r}"
                 if name == "ours_threads":
-                    seconds, cpu, lat, sids = threads_run(
+                    seconds, cpu, lat, sids, counts = threads_run(
                         redis_url, database_url, tag, conversations, turns
                     )
                 else:
-                    seconds, cpu, lat, sids = asyncio.run(
+                    seconds, cpu, lat, sids, counts = asyncio.run(
                         _async_run(name, openers[name], tag, conversations, turns)
                     )
                 used += sids
-                run = Run(name, r, len(lat), seconds, cpu, lat)
+                run = Run(name, r, len(lat), seconds, cpu, lat, stats=counts)
                 runs.append(run)
                 log(
                     f"concurrency {name:14} round {r}: {run.turns_per_s:6.0f} turns/s, "
                     f"p50 {np.percentile(lat, 50) * 1e3:6.1f} ms, "
                     f"p99 {np.percentile(lat, 99) * 1e3:6.1f} ms, "
                     f"CPU {run.cpu_per_turn_ms:.2f} ms/turn"
+                    + (
+                        f" {counts}"
+                        if counts.get("cache_errors") or counts.get("store_reads")
+                        else ""
+                    )
                 )
     finally:
         cleanup(admin, used)
@@ -328,6 +349,8 @@ def summarize(runs: list[Run], labels: dict[str, str] | None = None) -> list[Sum
                 float(np.percentile(lat, 99)),
                 float(np.median([r.cpu_per_turn_ms for r in mine])),
                 sum(r.errors for r in mine),
+                sum(r.stats.get("cache_errors", 0) for r in mine),
+                sum(r.stats.get("cache_skipped", 0) + r.stats.get("store_reads", 0) for r in mine),
             )
         )
     return out

@@ -269,13 +269,19 @@ def concurrency_markdown(conc: dict[str, Any]) -> list[str]:
         f"Median of {conc['rounds']} interleaved run(s) for turns/s and CPU; p50/p99 over every"
         " turn of every run. CPU per turn = the process's CPU time over the timed phase ÷ turns.",
         "",
-        "| implementation | turns/s | p50 ms | p99 ms | p99 ÷ p50 | CPU per turn ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| implementation | turns/s | p50 ms | p99 ms | p99 ÷ p50 | CPU per turn ms"
+        " | cache errors / cache bypassed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for x in conc["summary"]:
+        degraded = (
+            f"{x.get('cache_errors', 0)} / {x.get('store_reads', 0)}"
+            if x["impl"].startswith("ours")
+            else ""
+        )
         lines.append(
             f"| {x['label']} | {x['turns_per_s']:.0f} | {_fmt(x['p50_ms'])} | {_fmt(x['p99_ms'])}"
-            f" | {x['p99_ms'] / x['p50_ms']:.1f} | {x['cpu_per_turn_ms']:.2f} |"
+            f" | {x['p99_ms'] / x['p50_ms']:.1f} | {x['cpu_per_turn_ms']:.2f} | {degraded} |"
         )
     return [*lines, ""]
 
