@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 smoke=args.smoke, out=args.out, log=log,
             )  # fmt: skip
         if not args.no_profile and not args.smoke:
-            extra["profile"] = _profile(srv, admin, args.out, log)
+            extra["profile"] = _profile(srv, admin, args.out, log, scale=3 if args.quick else 1)
         if not args.no_webhook and not args.smoke:
             from .webhook import run_webhook
 
@@ -306,7 +306,7 @@ def _round_trips(srv, admin, scenarios, rt_lengths, calls, log) -> list:
     return out
 
 
-def _profile(srv, admin, out: Path, log) -> dict[str, str]:
+def _profile(srv, admin, out: Path, log, scale: int = 1) -> dict[str, str]:
     """pyinstrument over our warm read and write of 50 messages (text reports in results/)."""
     from pyinstrument import Profiler
 
@@ -325,11 +325,11 @@ def _profile(srv, admin, out: Path, log) -> dict[str, str]:
     assert isinstance(history.messages, list)
     reports = {}
     for name, fn, n in (
-        ("warm_read_50", lambda: history.messages, 3000),
+        ("warm_read_50", lambda: history.messages, 3000 // scale),
         (
             "write_2",
             lambda: memory.history("bench-profile").add_messages(new_turn_messages()),
-            1000,
+            1000 // scale,
         ),
     ):
         profiler = Profiler(interval=0.0002)
