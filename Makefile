@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test lint bench reliability chat clean
+.PHONY: venv run test lint bench bench-quick reliability chat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,bench]'
 	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,bench]'
+	$(BIN)/python -m bench --quick
 
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout 900

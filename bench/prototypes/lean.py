@@ -211,13 +211,15 @@ class LocalWindows:
         self.read_if_changed = r.register_script(READ_IF_CHANGED)
         self.windows: OrderedDict[str, tuple[bytes, list[BaseMessage]]] = OrderedDict()
         self.max = max_conversations
+        self.unchanged = False  # whether the last read was served without a transfer
 
     def read(self, key: str) -> list[BaseMessage] | None:
         known = self.windows.get(key)
         got = self.read_if_changed(keys=[key], args=[known[0] if known else b""])
         if got is None:
             return None  # a miss: the caller fills as today
-        if len(got) == 1 and known is not None:
+        self.unchanged = len(got) == 1 and known is not None
+        if self.unchanged:
             self.windows.move_to_end(key)
             messages = known[1]
         else:

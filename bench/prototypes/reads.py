@@ -91,7 +91,8 @@ def miss_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         complete = len(rows) < limit
         if not complete:
             rows = rows[1:]
-        s.fill(keys=[pkey, plkey], args=fill_args(token, rows, complete))
+        if s.fill(keys=[pkey, plkey], args=fill_args(token, rows, complete)) != 1:
+            raise AssertionError("the fill was dropped: the prototype did not do the work")
         return [codec.decode(p) for _, p in rows[-CAP:]]
 
     def two_rt(fetch: Callable[[], list]) -> Callable[[], list[BaseMessage]]:
@@ -163,10 +164,13 @@ def rw_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         pipe = admin.redis.pipeline(transaction=False)
         pipe.delete(pkey)
         pipe.rpush(pkey, "#1p", *entries_for(seed))
-        pipe.rpop(fkey, 2)
         pipe.execute()
         # The state this process would hold after its previous turn's write.
         local.remember(pkey, seed_state, seed_messages)
+
+    def undo_floor() -> None:
+        admin.trim(ds.TABLE, "conversation_id", sid, base)
+        admin.redis.rpop(fkey, 2)  # only this runner pushes to the floor's list
 
     def pooled_rows(sql: str, params: list[Any]) -> list[tuple]:
         dbapi = s.engine.raw_connection()
@@ -192,14 +196,17 @@ def rw_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
 
     def raw() -> None:
         decode_entries(s.r.lrange(pkey, 0, -1))
-        write_after(batch.pop(), False)
+        if write_after(batch.pop(), False) != 2:
+            raise AssertionError("the append was dropped")
 
     def local_tier() -> None:
-        local.read(pkey)
+        if local.read(pkey) is None or not local.unchanged:
+            raise AssertionError("expected the steady state: the window unchanged since our write")
         messages = batch.pop()
         appended, state = write_after(messages, True)
-        if appended == len(messages):
-            local.wrote(pkey, state, messages)
+        if appended != len(messages):
+            raise AssertionError(f"append script returned {appended}")
+        local.wrote(pkey, state, messages)
 
     def floor() -> None:
         messages_from_dict([orjson.loads(x) for x in s.r.lrange(fkey, -50, -1)])
@@ -228,7 +235,7 @@ def rw_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         ),
         "rw_floor": (
             "floor: LRANGE + messages_from_dict; INSERT … RETURNING + RPUSHX",
-            mk(floor),
+            Runner(before=before, call=floor, after=undo_floor),
         ),
     }
 

@@ -75,6 +75,12 @@ class Setup:
         self.memory.close()
 
 
+def _appended(result: int) -> None:
+    """Every prototype must do the library's work: its append must have succeeded."""
+    if result != 2:
+        raise AssertionError(f"append script returned {result}, expected 2 entries appended")
+
+
 def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
     """A turn's write (2 messages) on the warm conversation; undone after each call."""
     admin = s.admin
@@ -100,6 +106,10 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
     def lib() -> None:
         lib_history.add_messages(batch.pop())
 
+    def append_after(prev: int | None, new: list[tuple[int, str]]) -> None:
+        keys, args = [pkey, plkey], [CAP, TTL_MS, prev or 0, *entries_for(new)]
+        _appended(s.append_after(keys=keys, args=args))
+
     def sa_rows(messages: list[BaseMessage]) -> tuple[list[dict], list[str]]:
         rows, payloads = [], []
         for m in messages:
@@ -121,13 +131,13 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         with s.engine.connect() as conn:
             got = {u: i for i, u in conn.execute(s.sa_insert, rows)}
         new = [(got[r["message_uid"]], p) for r, p in zip(rows, payloads, strict=True)]
-        s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(new)])
+        _appended(s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(new)]))
 
     def sa_held() -> None:
         rows, payloads = sa_rows(batch.pop())
         got = {u: i for i, u in s.held_sa.execute(s.sa_insert, rows)}
         new = [(got[r["message_uid"]], p) for r, p in zip(rows, payloads, strict=True)]
-        s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(new)])
+        _appended(s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(new)]))
 
     def raw_cursor(conn: Any, sql: str, params: list[Any]) -> list[tuple]:
         with conn.cursor() as cur:
@@ -143,7 +153,7 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         finally:
             dbapi.close()
         new = [(got[params[5 * k + 4]], p) for k, p in enumerate(payloads)]
-        s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(new)])
+        _appended(s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(new)]))
 
     def raw_pooled_after() -> None:  # + the prev-id INSERT and APPEND_AFTER
         messages = batch.pop()
@@ -156,7 +166,9 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         got = {u: i for i, u, _ in rows}
         prev = rows[0][2] if rows else 0
         new = [(got[params[5 * k + 4]], p) for k, p in enumerate(payloads)]
-        s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+        _appended(
+            s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+        )
 
     def raw_held_after() -> None:  # held psycopg2 connection: no pool checkout at all
         messages = batch.pop()
@@ -165,7 +177,9 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         got = {u: i for i, u, _ in rows}
         prev = rows[0][2] if rows else 0
         new = [(got[params[5 * k + 4]], p) for k, p in enumerate(payloads)]
-        s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+        _appended(
+            s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+        )
 
     # Server-side prepared statements (psycopg2 has no protocol-level prepare: PREPARE once
     # per connection, then EXECUTE): no parse/plan per call on the server.
@@ -209,7 +223,9 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
         got = {u: i for i, u, _ in rows}
         prev = rows[0][2] if rows else 0
         new = [(got[params[5 * k + 4]], p) for k, p in enumerate(payloads)]
-        s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+        _appended(
+            s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+        )
 
     # The halves alone, to split the cost.
     def sql_sa_pooled() -> None:
@@ -239,11 +255,11 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
 
     def redis_library_script() -> None:
         batch.pop()
-        s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(fake)])
+        _appended(s.append_library(keys=[pkey, plkey], args=[CAP, TTL_MS, *entries_for(fake)]))
 
     def redis_after_script() -> None:
         batch.pop()
-        s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, last, *entries_for(fake)])
+        _appended(s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, last, *entries_for(fake)]))
 
     def redis_rpushx() -> None:
         batch.pop()
