@@ -217,7 +217,7 @@ def _degraded(counts: dict[str, Any]) -> bool:
 def _cache_events(stats: dict[str, Any]) -> dict[str, Any]:
     """The counters that show a degraded run (cache errors, breaker, reads from Postgres)."""
     keys = ("hits", "misses", "store_reads", "cache_errors", "cache_skipped", "breaker_opened")
-    return {k: stats[k] for k in keys if k in stats}
+    return {k: v for k, v in stats.items() if k in keys or k.startswith("checkout_")}
 
 
 def threads_run(

@@ -123,17 +123,31 @@ def run_prototypes(
         truns = threads_variants(admin, redis_url, database_url, rounds, conv, turns, log)
         summary = conc.summarize(runs + truns, ASYNC_LABELS)
         result["concurrency"] = [vars(x) for x in summary]
+        result["concurrency_runs"] = [
+            {k: v for k, v in vars(r).items() if k != "latencies"} for r in runs + truns
+        ]
         md += [
             f"##### {conv} concurrent conversations × {turns} turns: pool settings and a raw"
             " asyncpg turn",
             "",
-            "| variant | what | turns/s | p50 ms | p99 ms | p99 ÷ p50 | CPU per turn ms |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "Pool wait = each `await engine.connect()` of the store (waiting for a pooled"
+            " connection, or opening one), p50 / p99 ms, worst run.",
+            "",
+            "| variant | what | turns/s | p50 ms | p99 ms | p99 ÷ p50 | CPU per turn ms "
+            "| pool wait p50 / p99 ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for x in summary:
+            waits = [
+                r.stats for r in runs if r.impl == x.impl and "checkout_wait_p99_ms" in r.stats
+            ]
+            wait = ""
+            if waits:
+                worst = max(waits, key=lambda st: st["checkout_wait_p99_ms"])
+                wait = f"{worst['checkout_wait_p50_ms']:.2f} / {worst['checkout_wait_p99_ms']:.1f}"
             md.append(
                 f"| {x.impl} | {x.label} | {x.turns_per_s:.0f} | {x.p50_ms:.1f} | {x.p99_ms:.1f} "
-                f"| {x.p99_ms / x.p50_ms:.1f} | {x.cpu_per_turn_ms:.2f} |"
+                f"| {x.p99_ms / x.p50_ms:.1f} | {x.cpu_per_turn_ms:.2f} | {wait} |"
             )
         md.append("")
         wire = wire_counts(redis_url, database_url, 3 if not smoke else 1, conv)

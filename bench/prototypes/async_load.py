@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from langchain_core.messages import BaseMessage
 
 from lc_hybrid_memory import HybridMemory, MessageTable, codec
@@ -31,6 +34,56 @@ from .lean import (
 # -- async ---------------------------------------------------------------------------------
 
 
+class _TimedCheckouts:
+    """Stands in for the store's async engine and times each ``await engine.connect()``: the
+    wait for a pooled connection (plus, when the pool opens one, the connect itself)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.waits: list[float] = []
+
+    def connect(self) -> Any:
+        timed = self
+
+        class Timed:
+            def __init__(self) -> None:
+                self.inner = timed._engine.connect()
+
+            def __await__(self) -> Any:
+                t0 = time.perf_counter()
+                conn = yield from self.inner.__await__()
+                timed.waits.append(time.perf_counter() - t0)
+                return conn
+
+        return Timed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _with_checkout_waits(memory: HybridMemory) -> Callable[[], dict[str, Any]]:
+    """The memory's stats plus checkout waits (p50/p99/max ms), where the store exposes its
+    async engine as ``async_engine`` (otherwise the stats alone)."""
+    store = memory.store
+    engine = getattr(store, "async_engine", None)
+    if engine is None or not hasattr(engine, "connect"):
+        return memory.stats
+    timed = _TimedCheckouts(engine)
+    store.async_engine = timed
+
+    def stats() -> dict[str, Any]:
+        out = dict(memory.stats())
+        if timed.waits:
+            w = np.asarray(timed.waits) * 1e3
+            out["checkout_wait_p50_ms"] = float(np.percentile(w, 50))
+            out["checkout_wait_p99_ms"] = float(np.percentile(w, 99))
+            out["checkout_wait_max_ms"] = float(w.max())
+        timed.waits.clear()
+        return out
+
+    return stats
+
+
 def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
     def lib_with(**engine_kwargs: Any) -> conc.Opener:
         async def opener() -> tuple:
@@ -41,7 +94,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
                 prefix=ds.PREFIX,
                 engine_kwargs=engine_kwargs,
             )
-            return memory.history, memory.aclose, memory.stats
+            return memory.history, memory.aclose, _with_checkout_waits(memory)
 
         return opener
 
@@ -68,7 +121,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
                     async with gate:
                         await self.history.aadd_messages(messages)
 
-            return Gated, memory.aclose, memory.stats
+            return Gated, memory.aclose, _with_checkout_waits(memory)
 
         return opener
 
