@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import redis
 from langchain_core.messages import BaseMessage
 
 from lc_hybrid_memory import HybridMemory, MessageTable, codec
@@ -95,6 +96,38 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
                 engine_kwargs=engine_kwargs,
             )
             return memory.history, memory.aclose, _with_checkout_waits(memory)
+
+        return opener
+
+    def lib_bounded_redis(size: int, redis_connections: int) -> conc.Opener:
+        """Pool ``size`` + 0 and an async Redis pool that never holds more than
+        ``redis_connections`` (a burst waits for a connection instead of opening one each)."""
+
+        async def opener() -> tuple:
+            import redis.asyncio as aredis
+
+            from lc_hybrid_memory import MessageCache, MessageStore
+
+            store = MessageStore.from_url(
+                database_url,
+                table=MessageTable(name=ds.TABLE),
+                pool_size=size,
+                max_overflow=0,
+            )
+            client = redis.Redis.from_url(redis_url, socket_timeout=0.25)
+            pool = aredis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=redis_connections, timeout=1.0, socket_timeout=0.25
+            )
+            aclient = aredis.Redis(connection_pool=pool)
+            memory = HybridMemory(store, MessageCache(client, aclient, prefix=ds.PREFIX))
+
+            async def close() -> None:
+                await store.aclose()
+                await aclient.aclose()
+                await pool.disconnect()
+                client.close()
+
+            return memory.history, close, _with_checkout_waits(memory)
 
         return opener
 
@@ -195,6 +228,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
         "a_lib_pool16": lib_with(pool_size=16, max_overflow=0),
         "a_lib_pool64": lib_with(pool_size=64, max_overflow=0),
         "a_lib_fair16": lib_fair(16),
+        "a_lib_pool64_redis16": lib_bounded_redis(64, 16),
         "a_raw_asyncpg": raw_with(16),
         "a_raw_asyncpg64": raw_with(64),
     }
@@ -205,6 +239,7 @@ ASYNC_LABELS = {
     "a_lib_pool16": "the same, `engine_kwargs={'pool_size': 16, 'max_overflow': 0}`",
     "a_lib_pool64": "the same, `engine_kwargs={'pool_size': 64, 'max_overflow': 0}`",
     "a_lib_fair16": "pool 16 + 0, each call behind a FIFO `asyncio.Semaphore(16)`",
+    "a_lib_pool64_redis16": "pool 64 + 0 and a `BlockingConnectionPool` of 16 for async Redis",
     "a_raw_asyncpg": "asyncpg pool (16) + redis.asyncio, READ_OR_LEASE/APPEND_AFTER, no SQLAlchemy",
     "a_raw_asyncpg64": "the same with an asyncpg pool of 64",
     "t_lib": "the library's sync API from 8 threads, default pool (5 + overflow 10)",

@@ -61,6 +61,13 @@ class Setup:
         self.held_sa = self.engine.connect()
         self.pg = psycopg2.connect(database_url, options="-c enable_bitmapscan=off")
         self.pg.autocommit = True
+        import psycopg
+
+        # psycopg 3 (SQLAlchemy's ``postgresql+psycopg``): server-side prepared statements on
+        # request (``prepare=True``), parameters bound by the server (a str binds to jsonb).
+        self.pg3 = psycopg.connect(
+            database_url, autocommit=True, options="-c enable_bitmapscan=off"
+        )
         self.r = redis.Redis.from_url(redis_url)
         self.append_library = self.r.register_script(APPEND_LIBRARY)
         self.append_after = self.r.register_script(APPEND_AFTER)
@@ -71,6 +78,7 @@ class Setup:
         self.held_sa.close()
         self.engine.dispose()
         self.pg.close()
+        self.pg3.close()
         self.r.close()
         self.memory.close()
 
@@ -227,6 +235,21 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
             s.append_after(keys=[pkey, plkey], args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
         )
 
+    ins2_after_pg3 = insert_after_sql(ds.TABLE, 2)
+
+    def sql_pg3_prepared_after() -> None:
+        params, _ = encode_rows(sid, batch.pop())
+        s.pg3.execute(ins2_after_pg3, [sid, sid, *params], prepare=True).fetchall()
+
+    def pg3_prepared_after() -> None:
+        messages = batch.pop()
+        params, payloads = encode_rows(sid, messages)
+        rows = s.pg3.execute(ins2_after_pg3, [sid, sid, *params], prepare=True).fetchall()
+        got = {u: i for i, u, _ in rows}
+        prev = rows[0][2] if rows else 0
+        new = [(got[params[5 * k + 4]], p) for k, p in enumerate(payloads)]
+        append_after(prev, new)
+
     # The halves alone, to split the cost.
     def sql_sa_pooled() -> None:
         rows, _ = sa_rows(batch.pop())
@@ -294,7 +317,15 @@ def write_runners(s: Setup, sid: str) -> dict[str, tuple[str, Runner]]:
             "held psycopg2 connection, prepared INSERT + previous row id + `APPEND_AFTER`",
             mk(held_prepared_after),
         ),
+        "w_pg3_prepared_after": (
+            "held psycopg 3 connection, `prepare=True` INSERT + previous row id + `APPEND_AFTER`",
+            mk(pg3_prepared_after),
+        ),
         "s_sa_pooled": ("SQL half only: SQLAlchemy Core via the pool", mk(sql_sa_pooled)),
+        "s_pg3_prepared_after": (
+            "SQL half only: held psycopg 3 connection, prepared INSERT + previous row id",
+            mk(sql_pg3_prepared_after),
+        ),
         "s_held": ("SQL half only: held psycopg2 connection, pre-rendered INSERT", mk(sql_held)),
         "s_prepared": ("SQL half only: held connection, prepared INSERT", mk(sql_prepared)),
         "s_prepared_after": (
