@@ -85,8 +85,14 @@ def _with_checkout_waits(memory: HybridMemory) -> Callable[[], dict[str, Any]]:
     return stats
 
 
+async def _prewarm(memory: HybridMemory, connections: int) -> None:
+    """Open ``connections`` pooled connections now (``connections`` concurrent reads), so that
+    none is opened while the load runs (SQLAlchemy's pool has no ``min_size``)."""
+    await asyncio.gather(*(memory.store.arecent("bench-prewarm", 1) for _ in range(connections)))
+
+
 def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
-    def lib_with(**engine_kwargs: Any) -> conc.Opener:
+    def lib_with(prewarm: int = 0, **engine_kwargs: Any) -> conc.Opener:
         async def opener() -> tuple:
             memory = HybridMemory.from_urls(
                 redis_url=redis_url,
@@ -95,6 +101,8 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
                 prefix=ds.PREFIX,
                 engine_kwargs=engine_kwargs,
             )
+            if prewarm:
+                await _prewarm(memory, prewarm)
             return memory.history, memory.aclose, _with_checkout_waits(memory)
 
         return opener
@@ -140,6 +148,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
                 prefix=ds.PREFIX,
                 engine_kwargs={"pool_size": size, "max_overflow": 0},
             )
+            await _prewarm(memory, size)
             gate = asyncio.Semaphore(size)  # FIFO: no coroutine ever queues inside the pool
 
             class Gated:
@@ -227,6 +236,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
         "a_lib": lib_with(),
         "a_lib_pool16": lib_with(pool_size=16, max_overflow=0),
         "a_lib_pool64": lib_with(pool_size=64, max_overflow=0),
+        "a_lib_pool64_open": lib_with(prewarm=64, pool_size=64, max_overflow=0),
         "a_lib_fair16": lib_fair(16),
         "a_lib_pool64_redis16": lib_bounded_redis(64, 16),
         "a_raw_asyncpg": raw_with(16),
@@ -238,7 +248,9 @@ ASYNC_LABELS = {
     "a_lib": "the library's async API, default pools (SQLAlchemy pool_size 5 + overflow 10)",
     "a_lib_pool16": "the same, `engine_kwargs={'pool_size': 16, 'max_overflow': 0}`",
     "a_lib_pool64": "the same, `engine_kwargs={'pool_size': 64, 'max_overflow': 0}`",
-    "a_lib_fair16": "pool 16 + 0, each call behind a FIFO `asyncio.Semaphore(16)`",
+    "a_lib_pool64_open": "pool 64 + 0, its 64 connections opened before the load",
+    "a_lib_fair16": "pool 16 + 0 opened before the load, each call behind a FIFO"
+    " `asyncio.Semaphore(16)`",
     "a_lib_pool64_redis16": "pool 64 + 0 and a `BlockingConnectionPool` of 16 for async Redis",
     "a_raw_asyncpg": "asyncpg pool (16) + redis.asyncio, READ_OR_LEASE/APPEND_AFTER, no SQLAlchemy",
     "a_raw_asyncpg64": "the same with an asyncpg pool of 64",
