@@ -518,7 +518,7 @@ def concurrency_chart(conc: dict[str, Any], path: Path) -> None:
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(
         f"{conc['conversations']} concurrent conversations × {conc['turns']} turns"
-        " (read + write per turn), one run",
+        f" (read + write per turn), median of {conc['rounds']} interleaved run(s)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -34,6 +34,9 @@ from .cpu_profiles import cpu_profiles
 from .reads import hit_runners, miss_runners, rw_runners
 from .write import Setup, write_runners
 
+# The settings a quick run compares (a full run adds the others).
+QUICK_ASYNC = ("a_lib", "a_lib_pool16", "a_lib_pool64_open", "a_lib_fair16", "a_raw_asyncpg64")
+
 # -- running and reporting ----------------------------------------------------------------
 
 
@@ -118,9 +121,11 @@ def run_prototypes(
         openers = async_openers(redis_url, database_url)
         runs, _ = conc.run_concurrency(
             admin, redis_url, database_url, rounds=rounds, conversations=conv, turns=turns,
-            only=list(openers), extra=openers, log=log,
+            only=[n for n in openers if not quick or n in QUICK_ASYNC], extra=openers, log=log,
         )  # fmt: skip
-        truns = threads_variants(admin, redis_url, database_url, rounds, conv, turns, log)
+        truns = threads_variants(
+            admin, redis_url, database_url, rounds, conv, turns, log, quick=quick
+        )
         summary = conc.summarize(runs + truns, ASYNC_LABELS)
         result["concurrency"] = [vars(x) for x in summary]
         result["concurrency_runs"] = [

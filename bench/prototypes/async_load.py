@@ -311,12 +311,15 @@ async def _counted_load(
     return r0, p0, r1, p1, len(lat), warm + sids
 
 
-def threads_variants(admin, redis_url, database_url, rounds, conv, turns, log) -> list:
+def threads_variants(
+    admin, redis_url, database_url, rounds, conv, turns, log, *, quick: bool = False
+) -> list:
     runs = []
     tag0 = uuid.uuid4().hex[:6]
     used: list[str] = []
     for r in range(rounds):
-        for name, kwargs in (("t_lib", {}), ("t_lib_pool8", {"pool_size": 8})):
+        settings = [("t_lib", {}), ("t_lib_pool8", {"pool_size": 8})]
+        for name, kwargs in settings[:1] if quick else settings:
             seconds, cpu, lat, sids, counts = conc.threads_run(
                 redis_url, database_url, f"{tag0}-{name}-{r}", conv, turns, kwargs
             )
