@@ -35,7 +35,7 @@ from .reads import hit_runners, miss_runners, rw_runners
 from .write import Setup, write_runners
 
 # The settings a quick run compares (a full run adds the others).
-QUICK_ASYNC = ("a_lib", "a_lib_pool16", "a_lib_pool64_open", "a_lib_fair16", "a_raw_asyncpg64")
+QUICK_ASYNC = ("a_lib", "a_lib_pool16", "a_lib_pool64_open", "a_lib_fair16", "a_raw_fair16")
 
 # -- running and reporting ----------------------------------------------------------------
 

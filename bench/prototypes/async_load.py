@@ -167,13 +167,13 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
 
         return opener
 
-    def raw_with(size: int) -> conc.Opener:
+    def raw_with(size: int, gated: bool = False) -> conc.Opener:
         async def opener() -> tuple:
-            return await raw(size)
+            return await raw(size, gated)
 
         return opener
 
-    async def raw(size: int = 16) -> tuple:
+    async def raw(size: int, gated: bool) -> tuple:
         import asyncpg
         import redis.asyncio as aredis
 
@@ -186,6 +186,14 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
         append_after = r.register_script(APPEND_AFTER)
         sel = select_sql(ds.TABLE, "$")
         prefix = ds.PREFIX
+        gate = asyncio.Semaphore(size) if gated else None
+
+        async def fetch(sql: str, *args: Any) -> list:
+            if gate is None:
+                return await pool.fetch(sql, *args)
+            async with gate:  # FIFO: nobody waits inside asyncpg's pool queue
+                return await pool.fetch(sql, *args)
+
         after_sql = {
             n: (
                 f'WITH prev AS (SELECT id FROM "{ds.TABLE}" WHERE conversation_id >= $1 AND '
@@ -207,7 +215,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
                 got = await read_or_lease(keys=self.keys, args=[secrets.token_hex(8), LEASE_MS])
                 if got and got[0]:
                     return decode_entries(got)
-                rows = await pool.fetch(sel, self.sid, CAP + 1)
+                rows = await fetch(sel, self.sid, CAP + 1)
                 rows = [(r[0], r[1]) for r in reversed(rows)]
                 complete = len(rows) < CAP + 1
                 if not complete:
@@ -220,11 +228,13 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
             async def aadd_messages(self, messages: list[BaseMessage]) -> None:
                 params, payloads = encode_rows(self.sid, messages)
                 # conversation ids repeat in params; $1 is reused for the prev lookup
-                rows = await pool.fetch(after_sql[len(messages)], *params)
+                rows = await fetch(after_sql[len(messages)], *params)
                 got = {r[1]: r[0] for r in rows}
                 prev = rows[0][2] if rows else 0
                 new = [(got[params[5 * k + 4]], p) for k, p in enumerate(payloads)]
-                await append_after(keys=self.keys, args=[CAP, TTL_MS, prev or 0, *entries_for(new)])
+                args = [CAP, TTL_MS, prev or 0, *entries_for(new)]
+                if await append_after(keys=self.keys, args=args) != len(new):
+                    raise AssertionError("the append was dropped: the prototype skipped work")
 
         async def close() -> None:
             await r.aclose()
@@ -240,6 +250,7 @@ def async_openers(redis_url: str, database_url: str) -> dict[str, conc.Opener]:
         "a_lib_fair16": lib_fair(16),
         "a_lib_pool64_redis16": lib_bounded_redis(64, 16),
         "a_raw_asyncpg": raw_with(16),
+        "a_raw_fair16": raw_with(16, gated=True),
         "a_raw_asyncpg64": raw_with(64),
     }
 
@@ -254,6 +265,7 @@ ASYNC_LABELS = {
     "a_lib_pool64_redis16": "pool 64 + 0 and a `BlockingConnectionPool` of 16 for async Redis",
     "a_raw_asyncpg": "asyncpg pool (16) + redis.asyncio, READ_OR_LEASE/APPEND_AFTER, no SQLAlchemy",
     "a_raw_asyncpg64": "the same with an asyncpg pool of 64",
+    "a_raw_fair16": "asyncpg pool (16) behind a FIFO `asyncio.Semaphore(16)`, no SQLAlchemy",
     "t_lib": "the library's sync API from 8 threads, default pool (5 + overflow 10)",
     "t_lib_pool8": "the same, `engine_kwargs={'pool_size': 8}`",
 }

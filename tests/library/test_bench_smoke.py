@@ -70,4 +70,4 @@ def test_bench_smoke_run(servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     variants = {v["variant"] for rows in groups.values() for v in rows}
     assert {"w_lib", "w_raw_pooled", "m_lib", "m_2rt_raw", "h_script", "rw_local"} <= variants
     protos = {x["impl"] for x in data["prototypes"]["concurrency"]}
-    assert {"a_lib", "a_lib_pool64_open", "a_lib_fair16", "a_raw_asyncpg64", "t_lib"} <= protos
+    assert {"a_lib", "a_lib_pool64_open", "a_lib_fair16", "a_raw_fair16", "t_lib"} <= protos
