@@ -70,7 +70,10 @@ def _with_checkout_waits(memory: HybridMemory) -> Callable[[], dict[str, Any]]:
     if engine is None or not hasattr(engine, "connect"):
         return memory.stats
     timed = _TimedCheckouts(engine)
-    store.async_engine = timed
+    try:
+        store.async_engine = timed
+    except AttributeError:  # a store whose engine is not a plain attribute: no wait times
+        return memory.stats
 
     def stats() -> dict[str, Any]:
         out = dict(memory.stats())
