@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test lint bench bench-recall reliability chat clean
+.PHONY: venv run test lint bench bench-quick bench-recall reliability chat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,recall,bench]'
 	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,recall,bench]'
+	$(BIN)/python -m bench --quick
 
 bench-recall: $(STAMP)
 	$(BIN)/python -m bench.recall

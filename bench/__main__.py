@@ -8,15 +8,16 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from . import dataset as ds
 from .impls import SCENARIOS, Admin, build, runners_for
 from .measure import Budget, count_cell, time_cell
-from .proxy import CountingProxy
+from .proxy import CountingProxy, proxied_url
 from .report import write_all
 from .servers import servers
 
@@ -48,6 +49,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-round-trips", action="store_true")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--no-webhook", action="store_true")
+    p.add_argument("--no-concurrency", action="store_true", help="skip the 64-conversation load")
+    p.add_argument("--no-prototypes", action="store_true", help="skip the side-by-side prototypes")
     p.add_argument("--webhook-only", action="store_true", help="only the webhook load test")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -79,14 +82,6 @@ def _versions() -> str:
         except Exception:
             out.append(f"{name} (not installed)")
     return ", ".join(out)
-
-
-def _proxied(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,10 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in lengths:  # warm our cache, as traffic would
             admin.memory.get_messages(ds.sid_for(n))
         impls, floors = build(admin, srv.redis_url, srv.database_url)
+        rw_length = 50 if 50 in lengths else lengths[0]
         cells = []
         try:
             for scenario in scenarios:
                 for n in lengths:
+                    if scenario == "rw" and n != rw_length:
+                        continue  # the CPU of a turn: one length is enough
                     runners = runners_for(impls, floors, scenario, n)
                     got = time_cell(scenario, n, runners, budget)
                     cells += got
@@ -188,8 +186,34 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_round_trips:
             rts = _round_trips(srv, admin, scenarios, rt_lengths, rt_calls, log)
         extra: dict[str, Any] = {}
+        if not args.no_concurrency:
+            from .concurrency import run_concurrency
+
+            if args.smoke:
+                rounds, conv, turns = 1, 4, 2
+            else:
+                rounds, conv, turns = (2 if args.quick else 3), 64, 15
+            runs, summary = run_concurrency(
+                admin, srv.redis_url, srv.database_url, rounds=rounds,
+                conversations=conv, turns=turns, log=log,
+            )  # fmt: skip
+            extra["concurrency"] = {
+                "conversations": conv,
+                "turns": turns,
+                "rounds": rounds,
+                "summary": [asdict(x) for x in summary],
+                "runs": [{k: v for k, v in asdict(x).items() if k != "latencies"} for x in runs],
+            }
+            extra["concurrency_runs"] = runs
+        if not args.no_prototypes:
+            from .prototypes import run_prototypes
+
+            extra["prototypes"] = run_prototypes(
+                srv.redis_url, srv.database_url, admin, quick=args.quick or args.smoke,
+                smoke=args.smoke, out=args.out, log=log,
+            )  # fmt: skip
         if not args.no_profile and not args.smoke:
-            extra["profile"] = _profile(srv, admin, args.out, log)
+            extra["profile"] = _profile(srv, admin, args.out, log, scale=3 if args.quick else 1)
         if not args.no_webhook and not args.smoke:
             from .webhook import run_webhook
 
@@ -265,7 +289,7 @@ def _round_trips(srv, admin, scenarios, rt_lengths, calls, log) -> list:
     rp = CountingProxy(redis_parts.hostname, redis_parts.port or 6379)
     pp = CountingProxy(pg_parts.hostname, pg_parts.port or 5432)
     impls, floors = build(
-        admin, _proxied(srv.redis_url, rp.port), _proxied(srv.database_url, pp.port)
+        admin, proxied_url(srv.redis_url, rp.port), proxied_url(srv.database_url, pp.port)
     )
     out = []
     try:
@@ -282,7 +306,7 @@ def _round_trips(srv, admin, scenarios, rt_lengths, calls, log) -> list:
     return out
 
 
-def _profile(srv, admin, out: Path, log) -> dict[str, str]:
+def _profile(srv, admin, out: Path, log, scale: int = 1) -> dict[str, str]:
     """pyinstrument over our warm read and write of 50 messages (text reports in results/)."""
     from pyinstrument import Profiler
 
@@ -301,11 +325,11 @@ def _profile(srv, admin, out: Path, log) -> dict[str, str]:
     assert isinstance(history.messages, list)
     reports = {}
     for name, fn, n in (
-        ("warm_read_50", lambda: history.messages, 3000),
+        ("warm_read_50", lambda: history.messages, 3000 // scale),
         (
             "write_2",
             lambda: memory.history("bench-profile").add_messages(new_turn_messages()),
-            1000,
+            1000 // scale,
         ),
     ):
         profiler = Profiler(interval=0.0002)

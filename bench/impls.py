@@ -40,6 +40,7 @@ SCENARIOS = {
     "cold": "cold read (cache evicted → Postgres → fill)",
     "write": "one turn's write: add_messages([human, ai])",
     "turn": "full turn: RunnableWithMessageHistory + fake model",
+    "rw": "a turn's memory I/O, sync: one read + add_messages([human, ai]) (history reused)",
     "construct": "history object construction only",
 }
 
@@ -55,6 +56,7 @@ LABELS = {
     "floor_select": "floor: indexed SELECT … LIMIT 50 + messages_from_dict",
     "floor_miss": "floor: indexed SELECT + one RPUSH fill + messages_from_dict",
     "floor_write": "floor: INSERT … RETURNING + RPUSHX",
+    "floor_rw": "floor: LRANGE + messages_from_dict, then INSERT … RETURNING + RPUSHX",
     "null": "no memory I/O (fixed in-process history)",
 }
 
@@ -265,7 +267,22 @@ def _history_runner(
         runner = _turn_runner(factory, sid, make_undo())
         runner.heavy = heavy
         return runner
+    if scenario == "rw":
+        return _rw_runner(factory(sid), make_undo(), heavy)
     return None
+
+
+def _rw_runner(history: BaseChatMessageHistory, undo: Callable[[], Any], heavy: bool) -> Runner:
+    """One read then one turn's write on a reused history object (the memory I/O of a turn)."""
+    batch: list[list[BaseMessage]] = []
+
+    def call() -> None:
+        history.messages  # noqa: B018 - the read
+        history.add_messages(batch.pop())
+
+    return Runner(
+        before=lambda: batch.append(new_turn_messages()), call=call, after=undo, heavy=heavy
+    )
 
 
 class Ours(Impl):
@@ -319,6 +336,8 @@ class Ours(Impl):
             )
         if scenario == "turn":
             return _turn_runner(lambda s: memory.history(s, window=window), sid, undo)
+        if scenario == "rw":
+            return _rw_runner(memory.history(sid, window=window), undo, heavy=False)
         return None
 
     def close(self) -> None:
@@ -487,7 +506,7 @@ class Floors(Impl):
                 return messages_from_dict([orjson.loads(p) for _, p in rows])
 
             return {"floor_miss": Runner(before=lambda: admin.redis.delete(fill_key), call=miss)}
-        if scenario == "write":
+        if scenario in ("write", "rw"):
             base = admin.max_id(ds.TABLE, "conversation_id", sid)
             batch: list[list[BaseMessage]] = []
             insert = (
@@ -510,11 +529,14 @@ class Floors(Impl):
                 admin.trim(ds.TABLE, "conversation_id", sid, base)
                 admin.redis.rpop(key, 2)
 
-            return {
-                "floor_write": Runner(
-                    before=lambda: batch.append(new_turn_messages()), call=write, after=undo
-                )
-            }
+            def read_write() -> None:
+                messages_from_dict([orjson.loads(x) for x in r.lrange(key, -50, -1)])
+                write()
+
+            before = lambda: batch.append(new_turn_messages())  # noqa: E731
+            if scenario == "rw":
+                return {"floor_rw": Runner(before=before, call=read_write, after=undo)}
+            return {"floor_write": Runner(before=before, call=write, after=undo)}
         if scenario == "turn":
             fixed = admin.memory.get_messages(sid)
             chain = make_chain(lambda _sid: FixedHistory(fixed))

@@ -31,7 +31,10 @@ class Cell:
     mean_ms: float
     memory_p50_ms: float | None = None  # turn: time spent in the history object
     memory_p99_ms: float | None = None
+    cpu_p50_ms: float | None = None  # CPU time of the calling thread (not wall)
+    cpu_mean_ms: float | None = None
     samples: list[float] = field(default_factory=list, repr=False)  # seconds, in round order
+    cpu_samples: list[float] = field(default_factory=list, repr=False)
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -54,6 +57,7 @@ def time_cell(scenario: str, length: int, runners: dict[str, Runner], budget: Bu
             runner.call()
             runner.after()
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     memory: dict[str, list[float]] = {name: [] for name in runners}
     wall = dict.fromkeys(runners, 0.0)
     active = list(runners)
@@ -65,12 +69,15 @@ def time_cell(scenario: str, length: int, runners: dict[str, Runner], budget: Bu
             runner = runners[name]
             w0 = time.perf_counter()
             runner.before()
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             runner.call()
             t1 = time.perf_counter()
+            c1 = time.thread_time()
             runner.after()
             wall[name] += time.perf_counter() - w0
             samples[name].append(t1 - t0)
+            cpu[name].append(c1 - c0)
             memory[name].append(runner.clock[0])
         rounds += 1
         active = [
@@ -83,6 +90,8 @@ def time_cell(scenario: str, length: int, runners: dict[str, Runner], budget: Bu
     for name, values in samples.items():
         p50, p99, mean = _stats(values)
         cell = Cell(scenario, length, name, len(values), p50, p99, mean, samples=values)
+        cell.cpu_p50_ms, _, cell.cpu_mean_ms = _stats(cpu[name])
+        cell.cpu_samples = cpu[name]
         if scenario == "turn" and any(memory[name]):
             cell.memory_p50_ms, cell.memory_p99_ms, _ = _stats(memory[name])
         cells.append(cell)

@@ -11,6 +11,7 @@ import contextlib
 import socket
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 MAX_CONNECTIONS = 256
 
@@ -98,3 +99,12 @@ class CountingProxy:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def proxied_url(url: str, port: int) -> str:
+    """``url`` pointed at a proxy listening on 127.0.0.1:``port`` (credentials kept)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+    return urlunsplit(parts._replace(netloc=netloc))

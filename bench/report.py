@@ -1,4 +1,4 @@
-"""Results as JSON, Markdown tables (with the targets of issue 5) and a PNG chart."""
+"""Results as JSON, Markdown tables (with the performance targets) and PNG charts."""
 
 from __future__ import annotations
 
@@ -28,8 +28,13 @@ def _fmt(ms: float) -> str:
     return f"{ms:.2f}"
 
 
-def targets(cells: list[Cell], rts: list[RoundTrips], lengths: list[int]) -> list[dict[str, Any]]:
-    """Each target of the issue: measured value, limit, met or missed."""
+def targets(
+    cells: list[Cell],
+    rts: list[RoundTrips],
+    lengths: list[int],
+    concurrency: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Each performance target: measured value, limit, met or missed."""
     c = _index(cells)
     out: list[dict[str, Any]] = []
 
@@ -74,12 +79,13 @@ def targets(cells: list[Cell], rts: list[RoundTrips], lengths: list[int]) -> lis
 
     base = 50 if 50 in lengths else lengths[0]
     longest = max(lengths)
-    add(
-        f"warm read of {base} ≤ 1.1× bare LRANGE + messages_from_dict (p50 ratio)",
-        ratio(p50("warm", base, "ours"), p50("warm", base, "floor_lrange")),
-        1.1,
-        paired=paired("warm", base, "ours", "floor_lrange"),
-    )
+    for n in lengths:
+        add(
+            f"warm read of {n} ≤ 1.0× bare LRANGE + messages_from_dict (p50 ratio)",
+            ratio(p50("warm", n, "ours"), p50("warm", n, "floor_lrange")),
+            1.0,
+            paired=paired("warm", n, "ours", "floor_lrange"),
+        )
     add(
         f"warm read of {base} vs one bare LRANGE round trip, no decode (p50 ratio, info)",
         ratio(p50("warm", base, "ours"), p50("warm", base, "floor_rtt")),
@@ -93,6 +99,14 @@ def targets(cells: list[Cell], rts: list[RoundTrips], lengths: list[int]) -> lis
             1.15,
             paired=paired("write", n, "ours", "floor_write"),
         )
+    for n in lengths:
+        for other in ("lc_pg", "lc_sql"):
+            add(
+                f"a turn's write faster than {other}'s add_messages, {n} messages (ours ÷ theirs)",
+                ratio(p50("write", n, "ours"), p50("write", n, other)),
+                1.0,
+                paired=paired("write", n, "ours", other),
+            )
     add(
         f"a miss ≤ 1.2× bare indexed SELECT + fill, {base} messages (p50 ratio)",
         ratio(p50("cold", base, "ours"), p50("cold", base, "floor_miss")),
@@ -177,12 +191,109 @@ def targets(cells: list[Cell], rts: list[RoundTrips], lengths: list[int]) -> lis
                 cell.memory_p99_ms,
                 2.0,
             )
+    for rt in rts:
+        if rt.scenario == "cold" and rt.impl == "ours":
+            add(f"a miss: Redis round trips ≤ 2, {rt.length} messages", rt.redis, 2.0)
+    for cell in cells:
+        if cell.scenario == "rw" and cell.impl == "ours" and cell.cpu_mean_ms is not None:
+            add(
+                f"CPU per turn (one read + one write, sync, {cell.length} messages) ≤ 0.5 ms"
+                " (mean thread CPU)",
+                cell.cpu_mean_ms,
+                0.5,
+            )
+    if concurrency:
+        from .concurrency import PEERS, paired_throughput_ratio
+
+        runs = concurrency.get("runs_objects") or []
+        by = {x["impl"]: x for x in concurrency["summary"]}
+        mine = by.get("ours_async")
+        peers = [by[p] for p in PEERS if p in by]
+        if mine and peers:
+            best = max(peers, key=lambda x: x["turns_per_s"])
+            add(
+                f"async, {concurrency['conversations']} conversations: turns/s ≥ 3× the best"
+                f" peer's ({best['impl']}, median of rounds)",
+                mine["turns_per_s"] / best["turns_per_s"],
+                3.0,
+                at_least=True,
+                paired=paired_throughput_ratio(runs, "ours_async", PEERS) if runs else None,
+            )
+        if mine:
+            add("async: p99 ≤ 3× p50 per turn (p99 ÷ p50)", mine["p99_ms"] / mine["p50_ms"], 3.0)
+            add("async: CPU per turn ≤ 0.5 ms (process CPU ÷ turns)", mine["cpu_per_turn_ms"], 0.5)
+        threads = by.get("ours_threads")
+        if threads and peers:
+            best = max(peers, key=lambda x: x["turns_per_s"])
+            add(
+                "sync API from 8 threads: turns/s ÷ the best async peer's (info)",
+                threads["turns_per_s"] / best["turns_per_s"],
+                float("inf"),
+            )
     return out
 
 
+def _cpu_table(cells: list[Cell]) -> list[str]:
+    """Thread CPU time per call (mean / p50), at the length the ``rw`` scenario ran."""
+    rw = [x for x in cells if x.scenario == "rw"]
+    if not rw:
+        return []
+    n = rw[0].length
+    c = _index(cells)
+    scen = [s for s in ("warm", "cold", "write", "rw") if any(k[:2] == (s, n) for k in c)]
+    lines = [
+        f"#### CPU time per call at {n} messages (thread CPU, not wall): mean / p50 ms",
+        "",
+        "| implementation | " + " | ".join(scen) + " |",
+        "|---|" + "---:|" * len(scen),
+    ]
+    for impl in ORDER:
+        row = []
+        for s in scen:
+            cell = c.get((s, n, impl))
+            row.append(
+                f"{cell.cpu_mean_ms:.3f} / {cell.cpu_p50_ms:.3f}"
+                if cell and cell.cpu_mean_ms is not None
+                else ""
+            )
+        if any(row):
+            lines.append(f"| {LABELS[impl]} | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def concurrency_markdown(conc: dict[str, Any]) -> list[str]:
+    lines = [
+        f"#### Concurrency: {conc['conversations']} conversations at once, {conc['turns']}"
+        " turns each (read + write of a human and an AI message per turn)",
+        "",
+        f"Median of {conc['rounds']} interleaved run(s) for turns/s and CPU; p50/p99 over every"
+        " turn of every run. CPU per turn = the process's CPU time over the timed phase ÷ turns.",
+        "",
+        "| implementation | turns/s | p50 ms | p99 ms | p99 ÷ p50 | CPU per turn ms"
+        " | cache errors / cache bypassed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in conc["summary"]:
+        degraded = (
+            f"{x.get('cache_errors', 0)} / {x.get('store_reads', 0)}"
+            if x["impl"].startswith("ours")
+            else ""
+        )
+        lines.append(
+            f"| {x['label']} | {x['turns_per_s']:.0f} | {_fmt(x['p50_ms'])} | {_fmt(x['p99_ms'])}"
+            f" | {x['p99_ms'] / x['p50_ms']:.1f} | {x['cpu_per_turn_ms']:.2f} | {degraded} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(
-    cells: list[Cell], rts: list[RoundTrips], tg: list[dict[str, Any]], meta: dict[str, Any]
+    cells: list[Cell],
+    rts: list[RoundTrips],
+    tg: list[dict[str, Any]],
+    meta: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> str:
+    extra = extra or {}
     c = _index(cells)
     lengths = sorted({cell.length for cell in cells})
     lines = [f"Run: {meta['date']} — {meta['mode']}", ""]
@@ -258,8 +369,13 @@ def markdown(
             if seen:
                 lines.append(f"| {LABELS[impl]} | " + " | ".join(row) + " |")
         lines.append("")
+    lines += _cpu_table(cells)
+    if extra.get("concurrency"):
+        lines += concurrency_markdown(extra["concurrency"])
+    if extra.get("prototypes", {}).get("markdown"):
+        lines += [extra["prototypes"]["markdown"], ""]
     lines += [
-        "#### Targets (issue 5)",
+        "#### Targets",
         "",
         "Ratios of p50s; where both ran in the same rounds, also the median of the per-round",
         "ratios (A and B back to back, so machine drift cancels) — the verdict uses that one.",
@@ -284,7 +400,8 @@ def chart(cells: list[Cell], path: Path) -> None:
 
     c = _index(cells)
     lengths = sorted({cell.length for cell in cells})
-    scenarios = [s for s in SCENARIOS if any(k[0] == s for k in c)]
+    # rw runs at one length only: its figures are in the CPU table and the concurrency chart.
+    scenarios = [s for s in SCENARIOS if s != "rw" and any(k[0] == s for k in c)]
     cols = 3
     rows = (len(scenarios) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(15, 4.6 * rows), squeeze=False)
@@ -300,6 +417,7 @@ def chart(cells: list[Cell], path: Path) -> None:
         "floor_select": ("0.45", "-.", "."),
         "floor_miss": ("0.3", "-.", "."),
         "floor_write": ("0.3", ":", "."),
+        "floor_rw": ("0.3", "--", "."),
         "null": ("0.3", ":", "."),
     }
     for ax, scenario in zip(axes.flat, scenarios, strict=False):
@@ -350,8 +468,13 @@ def write_all(
     extra: dict[str, Any],
 ) -> tuple[str, list[dict[str, Any]]]:
     lengths = sorted({cell.length for cell in cells})
-    tg = targets(cells, rts, lengths)
-    md = markdown(cells, rts, tg, meta)
+    runs = extra.pop("concurrency_runs", None)
+    if extra.get("concurrency") is not None:
+        extra["concurrency"]["runs_objects"] = runs
+    tg = targets(cells, rts, lengths, extra.get("concurrency"))
+    if extra.get("concurrency") is not None:
+        extra["concurrency"].pop("runs_objects", None)
+    md = markdown(cells, rts, tg, meta, extra)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(md + extra.get("markdown_tail", ""))
     payload = {
@@ -363,4 +486,42 @@ def write_all(
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     chart(cells, out / "latency.png")
+    if extra.get("concurrency"):
+        concurrency_chart(extra["concurrency"], out / "concurrency.png")
     return md, tg
+
+
+def concurrency_chart(conc: dict[str, Any], path: Path) -> None:
+    """Bars: turns/s, p50/p99 per turn, CPU per turn, per implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = conc["summary"]
+    names = [x["label"].replace(", ", ",\n", 1) for x in rows]
+    colors = ["tab:green" if x["impl"].startswith("ours") else "tab:gray" for x in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 0.6 * len(rows) + 2.2), sharey=True)
+    y = np.arange(len(rows))
+    axes[0].barh(y, [x["turns_per_s"] for x in rows], color=colors)
+    axes[0].set_xlabel("turns/s (higher is better)")
+    axes[1].barh(y - 0.2, [x["p50_ms"] for x in rows], height=0.4, color=colors, label="p50")
+    axes[1].barh(
+        y + 0.2, [x["p99_ms"] for x in rows], height=0.4, color=colors, alpha=0.45, label="p99"
+    )
+    axes[1].set_xlabel("latency per turn, ms: p50 (dark), p99 (light)")
+    axes[2].barh(y, [x["cpu_per_turn_ms"] for x in rows], color=colors)
+    axes[2].axvline(0.5, color="tab:red", ls=":", lw=1)
+    axes[2].set_xlabel("CPU per turn, ms (target 0.5, dotted)")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    for ax in axes:
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(
+        f"{conc['conversations']} concurrent conversations × {conc['turns']} turns"
+        f" (read + write per turn), median of {conc['rounds']} interleaved run(s)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
