@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import sync_url
 
 from .chat_models import PROVIDERS
 from .schema_status import MIGRATE_FIX, schema_status

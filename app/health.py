@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.cluster import RedisCluster
 
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import sync_url
 
 from .schema_status import MIGRATE_FIX, schema_status
 from .wiring import Services, redis_client

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import sync_url
 
 from .schema_status import MIGRATE_FIX, schema_status
 from .storage_errors import explain_postgres, explain_redis

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             import sqlalchemy as sa
             from langchain_community.chat_message_histories import SQLChatMessageHistory
 
-            from lc_hybrid_memory.store import sync_url
+            from lc_hybrid_memory import sync_url
 
             engine = sa.create_engine(sync_url(srv.database_url))
             with warnings.catch_warnings():

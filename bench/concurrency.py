@@ -142,7 +142,7 @@ def _openers(redis_url: str, database_url: str) -> dict[str, Opener]:
         from langchain_community.chat_message_histories import SQLChatMessageHistory
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        from lc_hybrid_memory.store import async_url
+        from lc_hybrid_memory import async_url
 
         engine = create_async_engine(async_url(database_url))
 

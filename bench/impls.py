@@ -29,8 +29,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from lc_hybrid_memory import HybridMemory, MessageTable
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import HybridMemory, MessageTable, sync_url
 
 from . import dataset as ds
 

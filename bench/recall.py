@@ -19,8 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from langchain_core.messages import AIMessage, HumanMessage
 
-from lc_hybrid_memory import HybridMemory, MessageRecall, MessageTable
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import HybridMemory, MessageRecall, MessageTable, sync_url
 
 from . import recall_dataset as rd
 from .servers import servers

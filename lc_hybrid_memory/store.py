@@ -8,19 +8,22 @@ a dropped connection the statement is retried once without any risk of storing a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import StoreUnavailableError
 from .loops import PerLoop
-from .postgres import aclose_quietly, async_url, close_quietly, store_error, sync_url
+from .postgres import aclose_quietly, close_quietly, create_engines, store_error
 from .records import ConversationSummary, EncodedMessage, StoredMessage, StoredRow, WrittenRow
 from .schema import MessageTable
 from .statements import MessageStatements
@@ -33,6 +36,14 @@ T = TypeVar("T")
 
 # pg_advisory_lock key that serialises concurrent create_schema() calls.
 _SCHEMA_LOCK_KEY = 0x6C6368_6D656D  # "lchmem"
+
+
+@dataclass(frozen=True, slots=True)
+class _LoopEngine:
+    """One event loop's async engine and the first-come first-served gate in front of its pool."""
+
+    engine: AsyncEngine
+    gate: asyncio.Semaphore | None
 
 
 class MessageStore:
@@ -56,6 +67,7 @@ class MessageStore:
         async_engine_factory: Callable[[], AsyncEngine] | None = None,
         table: MessageTable | None = None,
         autocommit_engines: bool = False,
+        async_concurrency: int = 16,
     ) -> None:
         if engine is None and async_engine is None and async_engine_factory is None:
             raise ValueError("MessageStore needs an engine, an async engine, or both")
@@ -63,9 +75,9 @@ class MessageStore:
         self._fixed_async = async_engine
         self._async_engines = (
             PerLoop(
-                async_engine_factory,
-                release=lambda e: e.dispose(),
-                abandon=lambda e: e.sync_engine.dispose(close=False),
+                lambda: _LoopEngine(async_engine_factory(), asyncio.Semaphore(async_concurrency)),
+                release=lambda loop_engine: loop_engine.engine.dispose(),
+                abandon=lambda loop_engine: loop_engine.engine.sync_engine.dispose(close=False),
             )
             if async_engine_factory is not None
             else None
@@ -85,54 +97,28 @@ class MessageStore:
         table: MessageTable | None = None,
         statement_timeout_seconds: float = 30.0,
         connect_timeout_seconds: float = 5.0,
+        async_pool_size: int = 16,
         **engine_kwargs: Any,
     ) -> MessageStore:
         """A store with a sync (psycopg2) engine and an async (asyncpg) engine per event loop.
 
         Every statement is bounded by ``statement_timeout_seconds`` (a runaway query cannot hold
-        a pooled connection), SQL parameters never appear in errors or logs.
+        a pooled connection), SQL parameters never appear in errors or logs. Each event loop
+        gets a fixed pool of ``async_pool_size`` connections, entered in arrival order.
         """
-        from sqlalchemy import create_engine
-
-        # Every query of the store is served by the (conversation_id, id) index. With stale
-        # statistics and short average conversations the planner picks a bitmap scan + sort for
-        # a long conversation, reading all of it (21 ms instead of 0.05 ms at 50 000 messages);
-        # without bitmap scans, the ordered index scan that stops after `limit` rows always wins.
-        # Set on the store's own pool only (behind PgBouncer: ALTER ROLE ... SET instead).
-        # Every statement of the store is one transaction by itself: autocommit saves the
-        # BEGIN/COMMIT round trips, and leaves nothing to reset when a connection is returned.
-        engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
-        engine_kwargs.setdefault("hide_parameters", True)
-        timeout_ms = str(int(statement_timeout_seconds * 1000))
-        sync_engine = create_engine(
-            sync_url(database_url),
-            connect_args={
-                "connect_timeout": max(1, round(connect_timeout_seconds)),
-                "options": f"-c enable_bitmapscan=off -c statement_timeout={timeout_ms}",
-            },
+        sync_engine, async_engine, async_kwargs = create_engines(
+            database_url,
+            statement_timeout_seconds=statement_timeout_seconds,
+            connect_timeout_seconds=connect_timeout_seconds,
+            async_pool_size=async_pool_size,
             **engine_kwargs,
         )
-        url = async_url(database_url)
-
-        def async_engine() -> AsyncEngine:
-            return create_async_engine(
-                url,
-                connect_args={
-                    "timeout": connect_timeout_seconds,
-                    "server_settings": {
-                        "enable_bitmapscan": "off",
-                        "statement_timeout": timeout_ms,
-                    },
-                },
-                **engine_kwargs,
-            )
-
-        autocommit = engine_kwargs["isolation_level"] == "AUTOCOMMIT"
         return cls(
             sync_engine,
             async_engine_factory=async_engine,
             table=table,
-            autocommit_engines=autocommit,
+            autocommit_engines=async_kwargs["isolation_level"] == "AUTOCOMMIT",
+            async_concurrency=async_kwargs.get("pool_size", async_pool_size),
         )
 
     # -- parameters (shared by the sync and async paths) -------------------------------------
@@ -158,11 +144,14 @@ class MessageStore:
 
     async def aengine(self) -> AsyncEngine:
         """The running event loop's async engine (made on first use in that loop)."""
+        return (await self._loop_engine()).engine
+
+    async def _loop_engine(self) -> _LoopEngine:
         if self._async_engines is not None:
             return await self._async_engines.get()
         if self._fixed_async is None:
             raise RuntimeError("this MessageStore was built without an async engine")
-        return self._fixed_async
+        return _LoopEngine(self._fixed_async, None)
 
     @staticmethod
     def _retry_or_raise(
@@ -210,20 +199,22 @@ class MessageStore:
         *,
         idempotent: bool = True,
     ) -> T:
-        sent = False
-        for attempt in (1, 2):
-            conn: AsyncConnection | None = None
-            try:
-                conn = await (await self.aengine()).connect()
-                if self._switch_isolation:
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                sent = True
-                return await work(conn)
-            except (DBAPIError, OSError) as exc:
-                self._retry_or_raise(exc, what, attempt, idempotent, sent)
-            finally:
-                if conn is not None:
-                    await aclose_quietly(conn)
+        loop_engine = await self._loop_engine()
+        async with loop_engine.gate or contextlib.nullcontext():
+            sent = False
+            for attempt in (1, 2):
+                conn: AsyncConnection | None = None
+                try:
+                    conn = await loop_engine.engine.connect()
+                    if self._switch_isolation:
+                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    sent = True
+                    return await work(conn)
+                except (DBAPIError, OSError) as exc:
+                    self._retry_or_raise(exc, what, attempt, idempotent, sent)
+                finally:
+                    if conn is not None:
+                        await aclose_quietly(conn)
         raise AssertionError("unreachable")
 
     def _fetch(self, what: str, stmt: Any, params: dict[str, Any], shape: Callable[[Any], T]) -> T:

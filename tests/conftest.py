@@ -18,9 +18,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from lc_hybrid_memory import HybridMemory, MessageTable
+from lc_hybrid_memory import HybridMemory, MessageTable, sync_url
 from lc_hybrid_memory.embedded import EmbeddedRedisCluster, EmbeddedServers
-from lc_hybrid_memory.store import sync_url
 from tests.support.servers import MemoryFactory, ServerURLs
 
 

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from app.conversations import metadata as app_metadata
-from lc_hybrid_memory import MessageTable
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import MessageTable, sync_url
 
 # Several processes may start at once (serve, worker, compose's migrate service): the lock makes
 # the second one wait and then find the schema already at head.

@@ -44,7 +44,7 @@ class Setup:
         from sqlalchemy import create_engine
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        from lc_hybrid_memory.store import sync_url
+        from lc_hybrid_memory import sync_url
 
         self.engine = create_engine(
             sync_url(database_url),

@@ -21,8 +21,8 @@ from werkzeug.serving import make_server
 
 from app.commands import send
 from app.wiring import DEV_TOKEN_FILE
+from lc_hybrid_memory import sync_url
 from lc_hybrid_memory.embedded import free_port
-from lc_hybrid_memory.store import sync_url
 from tests.support import app_harness as app_support
 from tests.support.app_harness import AppHarness, fake_model
 

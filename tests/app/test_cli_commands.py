@@ -27,9 +27,8 @@ from app import cli
 from app.commands import migrate_database, send, serve
 from app.conversations import Address, ConversationStore
 from app.settings import Settings
-from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory import HybridMemory, sync_url
 from lc_hybrid_memory.embedded import free_port
-from lc_hybrid_memory.store import sync_url
 from tests.support import app_harness as app_support
 from tests.support.app_harness import AppHarness, fake_model
 

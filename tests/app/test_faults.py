@@ -34,9 +34,8 @@ from flask import Flask
 from app import create_app
 from app.agent import ChatAgent
 from app.commands import migrate_database
-from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory import HybridMemory, sync_url
 from lc_hybrid_memory.embedded import EmbeddedServers
-from lc_hybrid_memory.store import sync_url
 from tests.support.app_harness import (
     form,
     new_sid,

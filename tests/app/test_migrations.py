@@ -15,8 +15,7 @@ from langchain_core.messages import HumanMessage
 
 from app.commands import migrate_database
 from app.conversations import metadata as app_metadata
-from lc_hybrid_memory import HybridMemory, MessageStore, MessageTable
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import HybridMemory, MessageStore, MessageTable, sync_url
 from lc_hybrid_memory.vector_store import RecallStore
 
 

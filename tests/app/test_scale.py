@@ -31,7 +31,7 @@ import requests
 import sqlalchemy as sa
 
 from app.commands import migrate_database
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import sync_url
 from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,

@@ -26,7 +26,7 @@ from app import create_app
 from app.commands import migrate_database
 from app.settings import Settings
 from app.worker import recover_stalled_turns, run_worker
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import sync_url
 from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     ACCOUNT_SID,

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from lc_hybrid_memory import HybridMemory, MessageTable
+from lc_hybrid_memory import HybridMemory, MessageTable, sync_url
 from lc_hybrid_memory.embedded import EmbeddedPostgres
-from lc_hybrid_memory.store import sync_url
 from tests.support.servers import MemoryFactory, ServerURLs
 
 

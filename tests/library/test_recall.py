@@ -21,9 +21,9 @@ from lc_hybrid_memory import (
     HybridMemoryError,
     MessageTable,
     VectorsUnavailableError,
+    sync_url,
 )
 from lc_hybrid_memory.embedded import free_port
-from lc_hybrid_memory.store import sync_url
 from tests.library.conftest import drop_recall_tables
 from tests.support.servers import MemoryFactory
 

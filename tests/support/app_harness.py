@@ -38,8 +38,7 @@ from app.agent import ChatAgent
 from app.commands import migrate_database, twilio_form, twiml_messages
 from app.settings import Settings
 from app.wiring import Services
-from lc_hybrid_memory import HybridMemory
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import HybridMemory, sync_url
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "1" * 32
