@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
+from .observability import configure_logging
 from .settings import Settings
 
 
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--production", action="store_true", help="run under gunicorn instead of Flask's server"
     )
-    serve.add_argument("--workers", type=int, default=2, help="gunicorn workers (--production)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers (--production; $WEB_WORKERS)"
+    )
 
     sub.add_parser("worker", help="run the background worker of the async reply mode")
 
@@ -47,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    # The app's formatters for every command: never an exception's message (see observability).
+    configure_logging(settings.log_level, settings.log_format)
     if args.command in ("chat", "show"):
         from . import terminal
 

@@ -10,7 +10,6 @@ from typing import Any
 from flask import Flask
 
 from app.worker import run_worker
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     ACCOUNT_SID,
     OUR_NUMBER,
@@ -21,8 +20,6 @@ from tests.support.app_harness import (
     post_signed,
     replies,
 )
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 
 def work(app: Flask) -> None:

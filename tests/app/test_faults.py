@@ -34,9 +34,9 @@ from flask import Flask
 from app import create_app
 from app.agent import ChatAgent
 from app.commands import migrate_database
+from app.database import driver_url
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedServers
-from lc_hybrid_memory.store import sync_url
 from tests.support.app_harness import (
     form,
     new_sid,
@@ -74,12 +74,12 @@ def world(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[FaultyWo
         redis_url=private_servers.redis_url, database_url=private_servers.database_url
     )
     app = create_app(settings, memory=memory, agent=ChatAgent(memory, settings))
-    engine = sa.create_engine(sync_url(private_servers.database_url))
+    engine = sa.create_engine(driver_url(private_servers.database_url))
     try:
         yield FaultyWorld(app, memory, private_servers, engine, private_servers.redis_url)
     finally:
         private_servers.redis.resume()
-        app.extensions["hybrid_memory"].redis.close()
+        app.extensions["hybrid_memory"].close()
         memory.close()
         engine.dispose()
 

@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -44,8 +43,6 @@ from tests.support.app_harness import (
     new_sid,
     signature,
 )
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 FORM = "application/x-www-form-urlencoded"
 FUZZ = settings(

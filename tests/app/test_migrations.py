@@ -14,8 +14,8 @@ from langchain_core.messages import HumanMessage
 
 from app.commands import migrate_database
 from app.conversations import metadata as app_metadata
+from app.database import driver_url
 from lc_hybrid_memory import HybridMemory, MessageTable
-from lc_hybrid_memory.store import sync_url
 
 
 def _target() -> sa.MetaData:
@@ -30,7 +30,7 @@ def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     fresh_database_url: str,
 ) -> None:
     migrate_database(fresh_database_url)
-    engine = sa.create_engine(sync_url(fresh_database_url))
+    engine = sa.create_engine(driver_url(fresh_database_url))
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         differences = compare_metadata(context, _target())
@@ -58,7 +58,7 @@ def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, server
     # Both succeed: one migrates, the other waits for the lock and finds the schema at head.
     assert [run.returncode for run in runs] == [0, 0], outcomes
     assert all("latest revision" in out for out, _ in outcomes)
-    engine = sa.create_engine(sync_url(fresh_database_url))
+    engine = sa.create_engine(driver_url(fresh_database_url))
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
     engine.dispose()

@@ -19,7 +19,6 @@ from app.commands import migrate_database
 from app.observability import JSONLogFormatter
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.embedded import EmbeddedServers
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     AppHarness,
     fake_model,
@@ -28,8 +27,6 @@ from tests.support.app_harness import (
     replies,
     signed_app_settings,
 )
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 
 @pytest.fixture
@@ -49,7 +46,7 @@ def private_app(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[Fl
         settings, memory=memory, agent=ChatAgent(memory, settings, model=fake_model("fine"))
     )
     yield app
-    app.extensions["hybrid_memory"].redis.close()
+    app.extensions["hybrid_memory"].close()
     memory.close()
 
 

@@ -24,10 +24,9 @@ from flask import Flask
 
 from app import create_app
 from app.commands import migrate_database
+from app.database import driver_url
 from app.settings import Settings
 from app.worker import recover_stalled_turns, run_worker
-from lc_hybrid_memory.store import sync_url
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -60,7 +59,7 @@ def crash(servers: Any, fresh_database_url: str, unique: str, tmp_path: Path) ->
     migrate_database(fresh_database_url)
     prefix, queue = f"kill:{unique}:", f"kill-turns-{unique}"
     client = redis.Redis.from_url(servers.redis_url)
-    engine = sa.create_engine(sync_url(fresh_database_url))
+    engine = sa.create_engine(driver_url(fresh_database_url))
     with TwilioCapture() as capture:
         settings = Settings(
             database_url=fresh_database_url,
@@ -158,9 +157,6 @@ def test_a_worker_killed_mid_turn_is_recovered_and_the_turn_runs_exactly_once(
 def _conversation(engine: sa.Engine) -> str:
     with engine.connect() as conn:
         return str(conn.execute(sa.text("SELECT id FROM conversations")).scalar_one())
-
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 
 def test_recovery_picks_only_stalled_conversations_and_enqueues_once(
