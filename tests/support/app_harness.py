@@ -123,6 +123,7 @@ class CapturingTwilioHttp(HttpClient):
         super().__init__(logging.getLogger("test.twilio"), is_async=False)
         self.requests: list[dict[str, Any]] = []
         self.status = status
+        self.error_message = "invalid 'To' number"  # what an error answer says
         self.lock = threading.Lock()
 
     def request(
@@ -131,7 +132,7 @@ class CapturingTwilioHttp(HttpClient):
         with self.lock:
             self.requests.append({"method": method, "uri": uri, "data": dict(data or {})})
         if self.status >= 400:
-            error = {"code": 21211, "message": "invalid 'To' number", "status": self.status}
+            error = {"code": 21211, "message": self.error_message, "status": self.status}
             return TwilioResponse(self.status, json.dumps(error))
         message = {
             "sid": new_sid(),
