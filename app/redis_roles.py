@@ -95,7 +95,7 @@ def check_queue_redis(client: redis.Redis | RedisCluster, settings: Settings) ->
     if not evicting:
         return
     policies = ", ".join(sorted(set(evicting.values())))
-    where = "QUEUE_REDIS_URL" if settings.queue_redis_url else "REDIS_URL (no QUEUE_REDIS_URL)"
+    where = "QUEUE_REDIS_URL" if settings.queue_redis_url else "REDIS_URL, no QUEUE_REDIS_URL set"
     problem = (
         f"the queue Redis ({where}) has maxmemory-policy {policies}: under memory pressure it "
         "evicts pending turns, locks and jobs, and their replies are never sent"
