@@ -35,7 +35,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.test import TestResponse
 
 from app import create_app
-from app.agent import ChatAgent
+from app.agent import ChatAgent, Wiring
 from app.commands import migrate_database
 from app.database import driver_url
 from app.settings import WEBHOOK_PATH, Settings
@@ -165,12 +165,14 @@ class AppHarness:
     http: CapturingTwilioHttp
     built: list[Services] = field(default_factory=list)
 
-    def app(self, model: Any = None, **changes: Any) -> Flask:
+    def app(
+        self, model: Any = None, *, wiring: Wiring = "runnable_with_history", **changes: Any
+    ) -> Flask:
         """An app (inline mode unless ``reply_mode="async"``) whose agent uses ``model``."""
         from twilio.rest import Client
 
         settings = replace(self.settings, **changes)
-        agent = ChatAgent(self.memory, settings, model=model)
+        agent = ChatAgent(self.memory, settings, model=model, wiring=wiring)
         twilio_client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=self.http)
         app = create_app(settings, memory=self.memory, agent=agent, twilio_client=twilio_client)
         app.config["TESTING"] = True
