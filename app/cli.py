@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from .observability import configure_logging
 from .settings import Settings
+from .webhook_client import DEV_SENDER, DEV_SERVICE_NUMBER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="post a signed webhook to a running app, print the reply")
     send.add_argument("text", help="message body")
     send.add_argument("--url", default=None, help="webhook URL (default: local app)")
-    send.add_argument("--from", dest="from_", default="+15550001111", help="sender number")
-    send.add_argument("--to", default="+15550002222", help="your Twilio number")
+    send.add_argument("--from", dest="from_", default=DEV_SENDER, help="sender number")
+    send.add_argument("--to", default=DEV_SERVICE_NUMBER, help="your Twilio number")
 
     sub.add_parser("migrate", help="apply the Alembic migrations")
     return parser

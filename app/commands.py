@@ -15,6 +15,14 @@ from typing import Any
 
 from .observability import configure_logging
 from .settings import WEBHOOK_PATH, Settings
+from .webhook_client import (
+    DEV_SENDER,
+    DEV_SERVICE_NUMBER,
+    SIGNATURE_HEADER,
+    signature,
+    twilio_form,
+    twiml_messages,
+)
 from .wiring import StorageURLs, storage_urls
 
 logger = logging.getLogger(__name__)
@@ -202,14 +210,13 @@ def send(
     text: str,
     *,
     url: str | None = None,
-    sender: str = "+15550001111",
-    to: str = "+15550002222",
+    sender: str = DEV_SENDER,
+    to: str = DEV_SERVICE_NUMBER,
 ) -> int:
     """Post ``text`` as a correctly signed Twilio webhook to a running app; print the reply."""
     import requests
 
     from .webhook_auth import webhook_auth_token
-    from .webhook_client import SIGNATURE_HEADER, signature, twilio_form, twiml_messages
 
     if url is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host

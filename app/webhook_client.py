@@ -9,6 +9,9 @@ from xml.etree import ElementTree
 from twilio.request_validator import RequestValidator
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+# The numbers ``hybrid-memory send`` posts as, by default: a sender and "your Twilio number".
+DEV_SENDER = "+15550001111"
+DEV_SERVICE_NUMBER = "+15550002222"
 
 
 def twilio_form(

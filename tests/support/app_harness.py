@@ -39,7 +39,7 @@ from app.agent import ChatAgent, Wiring
 from app.commands import migrate_database
 from app.database import driver_url
 from app.settings import WEBHOOK_PATH, Settings
-from app.webhook_client import twilio_form, twiml_messages
+from app.webhook_client import DEV_SENDER, DEV_SERVICE_NUMBER, twilio_form, twiml_messages
 from app.wiring import Services
 from lc_hybrid_memory import HybridMemory
 
@@ -47,8 +47,8 @@ AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "1" * 32
 PUBLIC_BASE_URL = "https://bot.example.com"
 WEBHOOK = WEBHOOK_PATH
-SENDER = "+15550001111"
-OUR_NUMBER = "+15550002222"
+SENDER = DEV_SENDER
+OUR_NUMBER = DEV_SERVICE_NUMBER
 
 # Parametrisations of the ``harness`` fixture (tests/app/conftest.py) by the Redis it runs on.
 REDIS_TOPOLOGIES = ("redis", "redis-cluster")
