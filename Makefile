@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test lint bench reliability chat clean
+.PHONY: venv run test lint bench bench-recall reliability chat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,recall]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,8 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check lc_hybrid_memory app tests bench
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,recall,bench]'
 	$(BIN)/python -m bench
+
+bench-recall: $(STAMP)
+	$(BIN)/python -m bench.recall
 
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout 900

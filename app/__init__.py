@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, g
 from flask_limiter import Limiter
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     ``overrides`` go to :func:`app.wiring.build_services` (tests pass ``memory``, ``agent``
     and ``twilio_client``); without them storage, agent and model come from ``settings``.
     """
-    from . import health, twilio_webhook
+    from . import console, health, twilio_webhook
     from .observability import KeyValueLogFormatter
     from .redis_roles import rate_limit_storage
     from .wiring import EXTENSION, build_services
@@ -67,6 +67,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))
     app.register_blueprint(health.create_blueprint(services))
+    console.register(app, services)
+
+    @app.after_request
+    def conversation_header(response: Response) -> Response:
+        # Which conversation a webhook reached: `hybrid-memory send` prints it (Twilio ignores it).
+        conversation_id = g.get("conversation_id")
+        if conversation_id:
+            response.headers["X-Conversation-Id"] = conversation_id
+        return response
 
     @app.errorhandler(HTTPException)
     def short_http_error(error: HTTPException) -> Response:

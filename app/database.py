@@ -11,16 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-
-def driver_url(database_url: str) -> str:
-    """``DATABASE_URL`` with the app's driver: psycopg2 for ``postgresql://`` and ``postgres://``
-    (SQLAlchemy 2.1 would otherwise pick psycopg 3, which the app does not install)."""
-    url = make_url(database_url)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg2")
-    return url.render_as_string(hide_password=False)
+from lc_hybrid_memory import sync_url
 
 
 def create_engine(database_url: str, *, connect_timeout: int, **options: Any) -> sa.Engine:
@@ -28,5 +20,5 @@ def create_engine(database_url: str, *, connect_timeout: int, **options: Any) ->
     in errors. ``options`` go to :func:`sqlalchemy.create_engine` (``poolclass``...)."""
     connect_args = {"connect_timeout": connect_timeout, **options.pop("connect_args", {})}
     return sa.create_engine(
-        driver_url(database_url), hide_parameters=True, connect_args=connect_args, **options
+        sync_url(database_url), hide_parameters=True, connect_args=connect_args, **options
     )

@@ -1,5 +1,5 @@
 """Operations endpoints: ``/healthz`` (process up), ``/readyz`` (Postgres and both Redis roles
-answer), ``/metrics`` (Prometheus)."""
+answer, the schema is migrated), ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from redis.cluster import RedisCluster
 
 from .database import create_engine
 from .redis_roles import redis_client
+from .schema_status import MIGRATE_FIX, schema_status
 from .wiring import Services, services
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,21 @@ class ReadinessChecks:
         return self._clients[name]
 
     def run(self) -> dict[str, str]:
-        checks: dict[str, str] = {}
+        checks: dict[str, str] = {"postgres": "", "migrations": "unknown: postgres unreachable"}
         try:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-            checks["postgres"] = "ok"
+                checks["postgres"] = "ok"
+                # Without the app's tables every webhook would fail: not ready until migrated.
+                status = schema_status(conn)
+            checks["migrations"] = (
+                "ok" if status.up_to_date else f"error: {status.describe()}; {MIGRATE_FIX}"
+            )
         except Exception as exc:  # any failure means "not ready", with the reason
-            checks["postgres"] = f"error: {type(exc).__name__}"
+            if not checks["postgres"]:
+                checks["postgres"] = f"error: {type(exc).__name__}"
+            else:
+                checks["migrations"] = f"error: {type(exc).__name__}"
         for name in self.redis_targets:
             try:
                 self._redis(name).ping()  # on a cluster: every node
@@ -75,7 +84,7 @@ def create_blueprint(app_services: Services) -> Blueprint:
 
     @blueprint.get("/readyz")
     def readyz() -> tuple[Response, int]:
-        """Ready when Postgres and Redis (both roles) answer."""
+        """Ready when Postgres and Redis (both roles) answer and the database is migrated."""
         results = checks.run()
         ready = all(value == "ok" for value in results.values())
         if not ready:

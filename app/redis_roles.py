@@ -4,9 +4,10 @@
   (``REDIS_CLUSTER``) and it may evict keys: a missing list is read again from Postgres.
 * **Queue** (``QUEUE_REDIS_URL``, default ``REDIS_URL``): turn states, conversation queues and
   locks, rate limits and the RQ jobs of the async mode. A lost key here is a lost reply, so
-  the app refuses to start on a queue Redis whose ``maxmemory-policy`` evicts keys (every
-  policy but ``noeviction`` does: the ``volatile-*`` ones pick exactly these keys, which all
-  carry a TTL) — or only warns with ``QUEUE_REDIS_ALLOW_EVICTION``. RQ needs a single Redis:
+  the app refuses to start on a queue Redis that may evict keys: a ``maxmemory`` limit with
+  any ``maxmemory-policy`` but ``noeviction`` (the ``volatile-*`` ones pick exactly these
+  keys, which all carry a TTL) — or only warns with ``QUEUE_REDIS_ALLOW_EVICTION``.
+  ``hybrid-memory doctor`` reports the same check. RQ needs a single Redis:
   the async mode with the cache on a cluster needs a ``QUEUE_REDIS_URL``.
 """
 
@@ -65,16 +66,40 @@ def check_roles(settings: Settings) -> None:
         )
 
 
-def _policies(client: redis.Redis | RedisCluster) -> dict[str, str]:
-    """``maxmemory-policy`` of each server behind ``client`` (INFO works where CONFIG is
-    disabled, as on most managed Redis services)."""
+def _memory_infos(client: redis.Redis | RedisCluster) -> dict[str, dict[str, Any]]:
+    """``INFO memory`` of each server behind ``client`` (INFO works where CONFIG is disabled,
+    as on most managed Redis services)."""
     if isinstance(client, RedisCluster):
         found = client.info("memory", target_nodes=RedisCluster.ALL_NODES)
     else:
         found = client.info("memory")
     if "maxmemory_policy" in found:
-        return {"redis": str(found["maxmemory_policy"])}
-    return {str(node): str(info.get("maxmemory_policy")) for node, info in found.items()}
+        return {"redis": found}
+    return {str(node): info for node, info in found.items()}
+
+
+def eviction_problem(client: redis.Redis | RedisCluster, settings: Settings) -> str | None:
+    """Why the queue Redis behind ``client`` may evict the turn machinery; ``None`` if it
+    cannot: its policy is ``noeviction``, or it has no ``maxmemory`` limit to evict at."""
+    evicting = {
+        str(info.get("maxmemory_policy"))
+        for info in _memory_infos(client).values()
+        if info.get("maxmemory_policy") != SAFE_POLICY and int(info.get("maxmemory") or 0) > 0
+    }
+    if not evicting:
+        return None
+    where = "QUEUE_REDIS_URL" if settings.queue_redis_url else "REDIS_URL, no QUEUE_REDIS_URL set"
+    return (
+        f"the queue Redis ({where}) has maxmemory-policy {', '.join(sorted(evicting))} with a "
+        "maxmemory limit: under memory pressure it evicts pending turns, locks and jobs, and "
+        "their replies are never sent"
+    )
+
+
+EVICTION_FIX = (
+    "point QUEUE_REDIS_URL at a Redis with maxmemory-policy noeviction (the cache may stay on "
+    "an evicting one), or set QUEUE_REDIS_ALLOW_EVICTION=true to run anyway"
+)
 
 
 def check_queue_redis(client: redis.Redis | RedisCluster, settings: Settings) -> None:
@@ -84,30 +109,19 @@ def check_queue_redis(client: redis.Redis | RedisCluster, settings: Settings) ->
     the apology until Redis is back), with a warning that the policy is unchecked.
     """
     try:
-        policies = _policies(client)
+        problem = eviction_problem(client, settings)
     except (RedisError, RedisClusterException, OSError) as exc:
         logger.warning(
             "could not read the queue Redis's maxmemory-policy (%s); it must be noeviction",
             type(exc).__name__,
         )
         return
-    evicting = {node: p for node, p in policies.items() if p != SAFE_POLICY}
-    if not evicting:
+    if problem is None:
         return
-    policies = ", ".join(sorted(set(evicting.values())))
-    where = "QUEUE_REDIS_URL" if settings.queue_redis_url else "REDIS_URL, no QUEUE_REDIS_URL set"
-    problem = (
-        f"the queue Redis ({where}) has maxmemory-policy {policies}: under memory pressure it "
-        "evicts pending turns, locks and jobs, and their replies are never sent"
-    )
     if settings.queue_redis_allow_eviction:
         logger.warning("%s (allowed by QUEUE_REDIS_ALLOW_EVICTION)", problem)
         return
-    raise QueueRedisError(
-        f"{problem}. Point QUEUE_REDIS_URL at a Redis with maxmemory-policy noeviction (the "
-        "cache may stay on an evicting one), or set QUEUE_REDIS_ALLOW_EVICTION=true to run "
-        "anyway"
-    )
+    raise QueueRedisError(f"{problem}. Fix: {EVICTION_FIX}")
 
 
 def rate_limit_storage(url: str, *, cluster: bool = False) -> tuple[str, dict[str, Any]]:

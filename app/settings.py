@@ -144,6 +144,10 @@ class Settings:
     http_graceful_timeout_seconds: int = setting(30, "HTTP_GRACEFUL_TIMEOUT_SECONDS")
     send_timeout_seconds: float = setting(30.0, "SEND_TIMEOUT_SECONDS")  # hybrid-memory send
 
+    # -- operator console (/console/). Off without a token, except on the embedded dev servers,
+    # where a dev token is kept in data_dir and printed by `serve`.
+    console_token: str | None = setting(None, "CONSOLE_TOKEN")
+
     # -- process.
     host: str = setting("127.0.0.1", "HOST")
     port: int = setting(5000, "PORT")

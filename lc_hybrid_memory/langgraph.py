@@ -64,7 +64,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     from langgraph.runtime import Runtime
 
-    from .history import HybridMemory
+    from .memory import HybridMemory
 
 __all__ = [
     "HybridMemoryMiddleware",

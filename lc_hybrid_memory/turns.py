@@ -43,7 +43,7 @@ from .errors import HybridMemoryError
 from .history import DEFAULT_WINDOW
 
 if TYPE_CHECKING:
-    from .history import HybridMemory
+    from .memory import HybridMemory
 
 __all__ = [
     "LoadedTurn",

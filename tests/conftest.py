@@ -19,7 +19,7 @@ import redis
 import sqlalchemy as sa
 
 from lc_hybrid_memory import HybridMemory, MessageTable
-from lc_hybrid_memory.embedded import EmbeddedServers
+from lc_hybrid_memory.embedded import EmbeddedRedisCluster, EmbeddedServers
 from lc_hybrid_memory.store import sync_url
 from tests.support.servers import MemoryFactory, ServerURLs
 
@@ -37,6 +37,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerURLs]:
         yield ServerURLs(embedded.redis_url, embedded.database_url, embedded=True)
     finally:
         embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """A real 3-master Redis Cluster on loopback, started on first use."""
+    cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

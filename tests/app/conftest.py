@@ -1,5 +1,5 @@
 """Fixtures of the app tests: an app harness per test, on a single Redis or on a real Redis
-Cluster (3 masters on loopback, started once per session when a test asks for it).
+Cluster (the session's ``redis_cluster`` of ``tests/conftest.py``, started when a test asks).
 
 A module runs its tests on both with ``pytestmark = ON_BOTH_REDIS_TOPOLOGIES`` (from
 ``tests.support.app_harness``): the ``harness`` fixture is then parametrised, and each test
@@ -17,16 +17,6 @@ import pytest
 from lc_hybrid_memory.embedded import EmbeddedRedisCluster
 from tests.support.app_harness import REDIS_TOPOLOGIES, AppHarness, app_harness
 from tests.support.servers import ServerURLs
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
-    """A real Redis Cluster of 3 masters, shared by the session's cluster tests."""
-    embedded = EmbeddedRedisCluster(Path(tmp_path_factory.mktemp("app-cluster"))).start()
-    try:
-        yield embedded
-    finally:
-        embedded.stop()
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app.commands import send
-from app.database import driver_url
 from app.webhook_auth import DEV_TOKEN_FILE
+from lc_hybrid_memory import sync_url
 from lc_hybrid_memory.embedded import free_port
 from tests.support.app_harness import AppHarness, fake_model
 
@@ -121,7 +121,7 @@ def test_serve_and_send_commands_end_to_end(
 def _forget_redis_keys(redis_url: str, database_url: str, prefix: str) -> None:
     """The serve process's Redis keys: its turn states and its conversations' memory cache."""
     client = redis.Redis.from_url(redis_url)
-    engine = sa.create_engine(driver_url(database_url))
+    engine = sa.create_engine(sync_url(database_url))
     with engine.connect() as conn:
         ids = conn.exec_driver_sql("SELECT id FROM conversations").scalars().all()
     engine.dispose()

@@ -92,7 +92,7 @@ def test_readyz_pings_the_cluster(harness: AppHarness) -> None:
     client = harness.app().test_client()
     response = client.get("/readyz")
     assert response.status_code == 200, response.get_json()
-    assert response.get_json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert response.get_json()["checks"] == {"postgres": "ok", "migrations": "ok", "redis": "ok"}
     assert client.get("/metrics").status_code == 200
 
 
@@ -157,7 +157,12 @@ def test_async_mode_with_the_cache_on_the_cluster_and_the_queue_on_one_redis(
     assert len(turn_keys) == 2
     assert not list(harness.cache.scan_iter(match=f"{harness.settings.redis_prefix}turn:*"))
     ready = client.get("/readyz").get_json()
-    assert ready["checks"] == {"postgres": "ok", "redis": "ok", "queue_redis": "ok"}
+    assert ready["checks"] == {
+        "postgres": "ok",
+        "migrations": "ok",
+        "redis": "ok",
+        "queue_redis": "ok",
+    }
 
 
 def test_redis_cluster_without_redis_url_is_refused(tmp_path: Path) -> None:

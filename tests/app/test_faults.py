@@ -34,8 +34,7 @@ from flask import Flask
 from app import create_app
 from app.agent import ChatAgent
 from app.commands import migrate_database
-from app.database import driver_url
-from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory import HybridMemory, sync_url
 from lc_hybrid_memory.embedded import EmbeddedServers
 from tests.support.app_harness import (
     form,
@@ -74,7 +73,7 @@ def world(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[FaultyWo
         redis_url=private_servers.redis_url, database_url=private_servers.database_url
     )
     app = create_app(settings, memory=memory, agent=ChatAgent(memory, settings))
-    engine = sa.create_engine(driver_url(private_servers.database_url))
+    engine = sa.create_engine(sync_url(private_servers.database_url))
     try:
         yield FaultyWorld(app, memory, private_servers, engine, private_servers.redis_url)
     finally:

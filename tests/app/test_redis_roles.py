@@ -61,6 +61,19 @@ def test_an_evicting_queue_redis_is_refused_at_start(
     assert "noeviction" in message and "QUEUE_REDIS_ALLOW_EVICTION" in message
 
 
+def test_an_eviction_policy_without_a_memory_limit_evicts_nothing_and_is_accepted(
+    harness: AppHarness, tmp_path: Path
+) -> None:
+    server = EmbeddedRedis(tmp_path / "no-limit", extra_args=["--maxmemory-policy", "allkeys-lru"])
+    server.start()
+    try:
+        settings = replace(harness.settings, queue_redis_url=server.url)
+        app = create_app(settings, memory=harness.memory)
+        app.extensions["hybrid_memory"].close()
+    finally:
+        server.stop()
+
+
 def test_an_evicting_redis_url_without_a_queue_redis_is_refused(
     harness: AppHarness, evicting_redis: EmbeddedRedis
 ) -> None:

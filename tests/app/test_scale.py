@@ -31,7 +31,7 @@ import requests
 import sqlalchemy as sa
 
 from app.commands import migrate_database
-from app.database import driver_url
+from lc_hybrid_memory import sync_url
 from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -69,7 +69,7 @@ class Cluster:
 def cluster(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """2 gunicorn instances × 2 workers + 2 RQ workers on a database of their own."""
     unique = uuid.uuid4().hex[:10]
-    admin = sa.create_engine(driver_url(servers.database_url), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(sync_url(servers.database_url), isolation_level="AUTOCOMMIT")
     name = f"test_scale_{unique}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -79,7 +79,7 @@ def cluster(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         .render_as_string(hide_password=False)
     )
     migrate_database(database_url)
-    engine = sa.create_engine(driver_url(database_url))
+    engine = sa.create_engine(sync_url(database_url))
     prefix, queue = f"scale:{unique}:", f"scale-turns-{unique}"
     tmp = tmp_path_factory.mktemp("scale")
     with TwilioCapture() as capture:

@@ -24,9 +24,9 @@ from flask import Flask
 
 from app import create_app
 from app.commands import migrate_database
-from app.database import driver_url
 from app.settings import Settings
 from app.worker import recover_stalled_turns, run_worker
+from lc_hybrid_memory import sync_url
 from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -59,7 +59,7 @@ def crash(servers: Any, fresh_database_url: str, unique: str, tmp_path: Path) ->
     migrate_database(fresh_database_url)
     prefix, queue = f"kill:{unique}:", f"kill-turns-{unique}"
     client = redis.Redis.from_url(servers.redis_url)
-    engine = sa.create_engine(driver_url(fresh_database_url))
+    engine = sa.create_engine(sync_url(fresh_database_url))
     with TwilioCapture() as capture:
         settings = Settings(
             database_url=fresh_database_url,

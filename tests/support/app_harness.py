@@ -37,11 +37,10 @@ from werkzeug.test import TestResponse
 from app import create_app
 from app.agent import ChatAgent, Wiring
 from app.commands import migrate_database
-from app.database import driver_url
 from app.settings import WEBHOOK_PATH, Settings
 from app.webhook_client import DEV_SENDER, DEV_SERVICE_NUMBER, twilio_form, twiml_messages
 from app.wiring import Services
-from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory import HybridMemory, sync_url
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "1" * 32
@@ -235,7 +234,7 @@ def app_harness(
         prefix=f"test:{unique}:mem:",
         cluster=cluster,
     )
-    engine = sa.create_engine(driver_url(database_url))
+    engine = sa.create_engine(sync_url(database_url))
     cache = RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
     queue_client = redis.Redis.from_url(queue_redis_url) if queue_redis_url else cache
     harness = AppHarness(settings, memory, engine, queue_client, cache, CapturingTwilioHttp())
