@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Flask, Response, g
 from flask_limiter import Limiter
@@ -14,26 +13,6 @@ from .settings import Settings
 
 __all__ = ["create_app"]
 
-RATE_LIMIT_REDIS_TIMEOUT_SECONDS = 1.0
-
-
-def rate_limit_storage(redis_url: str, *, cluster: bool = False) -> tuple[str, dict[str, Any]]:
-    """Flask-Limiter's storage URI for ``redis_url``, and the options it needs beyond it.
-
-    A Redis Cluster is ``redis+cluster://[user:password@]host:port`` for the ``limits``
-    library (a cluster has no database number); ``rediss://`` becomes its ``ssl`` option.
-    """
-    if not cluster:
-        return redis_url, {}
-    parts = urlsplit(redis_url)
-    host = parts.hostname or "localhost"
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    auth = parts.netloc.rpartition("@")[0]
-    location = f"{host}:{parts.port or 6379}"
-    uri = f"redis+cluster://{auth}@{location}" if auth else f"redis+cluster://{location}"
-    return uri, {"ssl": True} if parts.scheme == "rediss" else {}
-
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the Flask app.
@@ -42,7 +21,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     and ``twilio_client``); without them storage, agent and model come from ``settings``.
     """
     from . import console, health, twilio_webhook
-    from .wiring import build_services
+    from .observability import KeyValueLogFormatter
+    from .redis_roles import rate_limit_storage
+    from .wiring import EXTENSION, build_services
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -56,10 +37,16 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
 
+    # Where logging is not configured (an embedding process), Flask logs a failed request
+    # through a handler of its own: with the app's formatter, never an exception's message.
+    for handler in app.logger.handlers:
+        handler.setFormatter(KeyValueLogFormatter())
+
     services = build_services(settings, **overrides)
-    app.extensions["hybrid_memory"] = services
+    app.extensions[EXTENSION] = services
+    # Rate limits are turn machinery: the queue Redis, never the evicting cache.
     storage_uri, storage_options = rate_limit_storage(
-        services.urls.redis_url, cluster=settings.redis_cluster
+        services.urls.queue_redis_url, cluster=settings.queue_on_cluster
     )
     limiter = Limiter(
         key_func=twilio_webhook.sender_key,
@@ -69,11 +56,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         strategy="moving-window",
         # Redis down: let the message through (it is still signed and stored) rather than 500.
         swallow_errors=True,
-        # Redis stalled: the same, after a second (the default client would wait 5 s, or
-        # forever, on a server that accepts but does not answer).
+        # Redis stalled: the same, after a short timeout (the default client would wait 5 s,
+        # or forever, on a server that accepts but does not answer).
         storage_options={
-            "socket_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
-            "socket_connect_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
+            "socket_timeout": settings.rate_limit_redis_timeout_seconds,
+            "socket_connect_timeout": settings.rate_limit_redis_timeout_seconds,
             **storage_options,
         },
         headers_enabled=False,

@@ -44,7 +44,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from langchain.agents import create_agent
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -92,6 +92,14 @@ class TurnResult:
     if this call stored it (not if the caller had stored it before)."""
     replayed: bool
     """True when the turn was already complete in storage (nothing was run or written)."""
+
+
+class TurnContext(TypedDict, total=False):
+    """The run context the graph accepts (``graph.invoke(..., context={...})``): the
+    conversation, which wins over ``config["configurable"]["session_id"]`` for the memory and
+    the tools alike (:func:`lc_hybrid_memory.langgraph.session_id_from`)."""
+
+    session_id: str
 
 
 class TurnIncompleteError(RuntimeError):
@@ -224,6 +232,7 @@ class ChatAgent:
             self.tools,
             system_prompt=settings.system_prompt,
             middleware=middleware if wiring == "middleware" else (),
+            context_schema=TurnContext,
         )
         self.chain: Runnable[Any, Any] | None = None
         if wiring == "runnable_with_history":

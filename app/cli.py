@@ -8,12 +8,13 @@ A storage failure ends a command with one line naming the cause and the fix
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import warnings
 from collections.abc import Sequence
 
+from .observability import configure_logging
 from .settings import Settings
+from .webhook_client import DEV_SENDER, DEV_SERVICE_NUMBER
 
 # Every environment variable a command reads, with its default; each --help lists its own.
 ENVIRONMENT = {
@@ -28,6 +29,8 @@ ENVIRONMENT = {
     "PORT, HOST": "where to listen (defaults: 5000, 127.0.0.1)",
     "REPLY_MODE": "inline (TwiML) | async (REST) (default: async if both TWILIO_* are set)",
     "REDIS_CLUSTER": "REDIS_URL is a node of a Redis Cluster (default: false)",
+    "QUEUE_REDIS_URL": "a noeviction Redis for turns, locks and jobs (default: REDIS_URL)",
+    "TRUSTED_PROXY_HOPS, PUBLIC_HOSTS": "proxies to trust, the hosts Twilio calls (default: 0)",
     "AUTO_MIGRATE": "migrate at start (default: only on the embedded servers)",
     "CONSOLE_TOKEN": "the console's credential (default: off; a dev token when embedded)",
     "RQ_QUEUE": "the job queue of the async mode (default: hybrid-memory-turns)",
@@ -101,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run under gunicorn instead of Flask's server (default: off)",
     )
     serve.add_argument(
-        "--workers", type=int, default=2, help="gunicorn workers with --production (default: 2)"
+        "--workers",
+        type=int,
+        default=None,
+        help="gunicorn workers with --production (default: $WEB_WORKERS, else 2)",
     )
 
     command(
@@ -188,11 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="from_",
         metavar="NUMBER",
-        default="+15550001111",
+        default=DEV_SENDER,
         help="sender (default: %(default)s)",
     )
     send.add_argument(
-        "--to", default="+15550002222", help="your Twilio number (default: %(default)s)"
+        "--to", default=DEV_SERVICE_NUMBER, help="your Twilio number (default: %(default)s)"
     )
 
     command(
@@ -220,9 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    # The app's formatters for every command: never an exception's message (see observability).
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return _run(args, settings)
     except KeyboardInterrupt:

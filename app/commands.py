@@ -12,18 +12,22 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from typing import Any
-from xml.etree import ElementTree
 
 from .observability import configure_logging
 from .schema_status import MIGRATIONS_DIR, quiet_alembic
-from .settings import Settings
+from .settings import WEBHOOK_PATH, Settings
+from .webhook_client import (
+    DEV_SENDER,
+    DEV_SERVICE_NUMBER,
+    SIGNATURE_HEADER,
+    signature,
+    twilio_form,
+    twiml_messages,
+)
 from .wiring import StorageURLs, storage_urls
 
 logger = logging.getLogger(__name__)
-
-WEBHOOK_PATH = "/twilio/messages"  # same as app.twilio_webhook.WEBHOOK_PATH (lighter import)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -33,7 +37,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return send(settings, args.text, url=args.url, sender=args.from_, to=args.to)
     if args.command == "migrate":
         urls = storage_urls(settings)
-        migrate_database(urls.database_url)
+        migrate_database(
+            urls.database_url, connect_timeout=settings.database_connect_timeout_seconds
+        )
         print("database schema is at the latest revision")
         return 0
     if args.command == "worker":
@@ -52,10 +58,13 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 # -- migrate -------------------------------------------------------------------------------------
 
 
-def migrate_database(database_url: str, revision: str = "head") -> None:
+def migrate_database(
+    database_url: str, revision: str = "head", *, connect_timeout: int | None = None
+) -> None:
     """Apply the Alembic migrations (``conversations`` and ``messages``) up to ``revision``.
 
     Safe to run from several processes at once (the migration environment takes a lock).
+    ``connect_timeout`` defaults to ``DATABASE_CONNECT_TIMEOUT_SECONDS``'s default.
     """
     quiet_alembic()  # before the import: that is when it announces its plugins
     from alembic import command
@@ -64,6 +73,8 @@ def migrate_database(database_url: str, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    if connect_timeout is not None:
+        config.attributes["connect_timeout"] = connect_timeout
     command.upgrade(config, revision)
 
 
@@ -74,7 +85,9 @@ def _resolved(settings: Settings) -> tuple[Settings, StorageURLs]:
         settings, database_url=urls.database_url, redis_url=urls.redis_url
     )
     if settings.auto_migrate or (settings.auto_migrate is None and urls.embedded):
-        migrate_database(urls.database_url)
+        migrate_database(
+            urls.database_url, connect_timeout=settings.database_connect_timeout_seconds
+        )
     return resolved, urls
 
 
@@ -110,7 +123,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     production: bool = False,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> int:
     """Run the webhook app: Flask's server (dev) or gunicorn (``--production``).
 
@@ -143,7 +156,7 @@ def serve(
         # `make run` with REST credentials: the async mode needs a worker; start one here.
         _spawn_worker(settings)
     if production:
-        return _serve_gunicorn(settings, host, port, workers, urls)
+        return _serve_gunicorn(settings, host, port, workers or settings.web_workers, urls)
     # SIGTERM (docker stop, kill) exits like Ctrl-C, so atexit stops the embedded servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from werkzeug.serving import make_server
@@ -237,10 +250,10 @@ def _serve_gunicorn(
                 "workers": workers,
                 # Threads: an inline turn blocks on the model; other requests keep flowing.
                 "worker_class": "gthread",
-                "threads": 8,
+                "threads": settings.web_threads,
                 # Twilio gives up after 15 s; a worker stuck far longer than that is recycled.
-                "timeout": 60,
-                "graceful_timeout": 30,
+                "timeout": settings.http_timeout_seconds,
+                "graceful_timeout": settings.http_graceful_timeout_seconds,
                 "accesslog": "-",
                 # Printed by the arbiter once it listens, not before.
                 "when_ready": lambda _: print(
@@ -268,16 +281,14 @@ def send(
     text: str,
     *,
     url: str | None = None,
-    sender: str = "+15550001111",
-    to: str = "+15550002222",
-    timeout: float = 30.0,
+    sender: str = DEV_SENDER,
+    to: str = DEV_SERVICE_NUMBER,
 ) -> int:
     """Post ``text`` as a correctly signed Twilio webhook to a running app; print the reply (and,
     on stderr, the conversation it reached)."""
     import requests
-    from twilio.request_validator import RequestValidator
 
-    from .wiring import webhook_auth_token
+    from .webhook_auth import webhook_auth_token
 
     local = url is None
     if url is None:
@@ -286,10 +297,10 @@ def send(
     # The app checks the signature against its public URL when one is configured.
     signed_for = settings.public_base_url + WEBHOOK_PATH if settings.public_base_url else url
     form = twilio_form(text, sender=sender, to=to, account_sid=settings.twilio_account_sid)
-    signature = RequestValidator(webhook_auth_token(settings)).compute_signature(signed_for, form)
+    headers = {SIGNATURE_HEADER: signature(webhook_auth_token(settings), signed_for, form)}
     try:
         response = requests.post(
-            url, data=form, headers={"X-Twilio-Signature": signature}, timeout=timeout
+            url, data=form, headers=headers, timeout=settings.send_timeout_seconds
         )
     except requests.ConnectionError:
         if local:
@@ -328,39 +339,3 @@ def send(
             file=sys.stderr,
         )
     return 0
-
-
-def twilio_form(
-    text: str,
-    *,
-    sender: str,
-    to: str,
-    account_sid: str | None = None,
-    message_sid: str | None = None,
-) -> dict[str, str]:
-    """The form Twilio posts for an inbound SMS (the fields of its messaging webhook)."""
-    message_sid = message_sid or f"SM{uuid.uuid4().hex}"
-    return {
-        "ToCountry": "US",
-        "SmsMessageSid": message_sid,
-        "NumMedia": "0",
-        "SmsSid": message_sid,
-        "SmsStatus": "received",
-        "Body": text,
-        "To": to,
-        "NumSegments": str(max(1, -(-len(text) // 153))),
-        "MessageSid": message_sid,
-        "AccountSid": account_sid or "AC" + "0" * 32,
-        "From": sender,
-        "ApiVersion": "2010-04-01",
-    }
-
-
-def twiml_messages(xml: str) -> list[str]:
-    """The texts of the ``<Message>`` verbs of a TwiML response."""
-    root = ElementTree.fromstring(xml)
-    texts = []
-    for message in root.iter("Message"):
-        body = message.find("Body")
-        texts.append((body.text if body is not None else message.text) or "")
-    return texts

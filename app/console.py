@@ -25,13 +25,13 @@ from flask import (
 )
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from lc_hybrid_memory import CacheState, HybridMemoryError, TranscriptEntry, codec
+from lc_hybrid_memory import CacheState, HybridMemoryError, TranscriptEntry, role_of
 
 from . import console_auth
 from .console_auth import ConsoleCredential
 from .console_figures import live_figures
 from .erasure import ErasureError, erase_conversation
-from .wiring import Services
+from .wiring import Services, services
 
 PAGE_SIZE = 25
 TRANSCRIPT_PAGE_SIZE = 100
@@ -99,7 +99,7 @@ def transcript_lines(
         if message is None:
             role, text = "undecodable", "(the stored payload could not be decoded)"
         else:
-            role, text = codec.role_of(message), message.text
+            role, text = role_of(message), message.text
             if isinstance(message, AIMessage):
                 calls = [f"{c['name']}({c['args']})" for c in message.tool_calls]
             elif isinstance(message, ToolMessage):
@@ -111,7 +111,7 @@ def transcript_lines(
 
 
 def _services() -> Services:
-    return current_app.extensions["hybrid_memory"]
+    return services()
 
 
 def create_blueprint(credential: ConsoleCredential) -> Blueprint:
@@ -226,7 +226,7 @@ def create_blueprint(credential: ConsoleCredential) -> Blueprint:
             older=older,
             query=query,
             found=found,
-            role_of=codec.role_of,
+            role_of=role_of,
         )
 
     @blueprint.get("/conversations/<conversation_id>/erase")

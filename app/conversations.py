@@ -131,10 +131,15 @@ def _unavailable(what: str, exc: DBAPIError) -> Exception:
 
 
 class ConversationStore:
-    """Resolve-or-create and look-up of conversations (SQLAlchemy Core, one statement each)."""
+    """Resolve-or-create and look-up of conversations (SQLAlchemy Core, one statement each),
+    on an engine of the app's own (:func:`app.database.create_engine`)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+
+    def close(self) -> None:
+        """Dispose of the engine's pool."""
+        self.engine.dispose()
 
     def resolve(
         self,

@@ -1,7 +1,7 @@
 """``hybrid-memory doctor``: checks the configured servers and settings, each with its fix.
 
 Postgres (reachable, version), the migrations, pgvector (semantic recall needs it), Redis
-(reachable, version), its eviction policy (the turn queue and turn states live there), the
+(reachable, version), the queue Redis's eviction policy (turn states and jobs live there), the
 Twilio settings, the public URL, the console and the chat model. Exit status 1 when a check
 fails; warnings do not fail it.
 """
@@ -17,13 +17,14 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from lc_hybrid_memory import sync_url
-
 from .chat_models import PROVIDERS
+from .database import create_engine
+from .redis_roles import EVICTION_FIX, eviction_problem, redis_client
 from .schema_status import MIGRATE_FIX, schema_status
 from .settings import Settings
 from .storage_errors import explain_postgres, explain_redis, safe_database_url, safe_redis_url
-from .wiring import DEV_TOKEN_FILE, StorageURLs, redis_client, storage_urls
+from .webhook_auth import DEV_TOKEN_FILE
+from .wiring import StorageURLs, storage_urls
 
 CHECK_TIMEOUT_SECONDS = 3
 _SID = re.compile(r"^AC[0-9a-f]{32}$")
@@ -60,10 +61,8 @@ def _split(message: str) -> tuple[str, str]:
 
 
 def check_postgres(database_url: str) -> Iterator[Check]:
-    engine = sa.create_engine(
-        sync_url(database_url),
-        poolclass=sa.pool.NullPool,
-        connect_args={"connect_timeout": CHECK_TIMEOUT_SECONDS},
+    engine = create_engine(
+        database_url, connect_timeout=CHECK_TIMEOUT_SECONDS, poolclass=sa.pool.NullPool
     )
     where = safe_database_url(database_url)
     try:
@@ -106,43 +105,42 @@ def _pgvector(conn: sa.Connection) -> Check:
     return _ok("pgvector", f"version {row.installed_version} enabled")
 
 
-def check_redis(redis_url: str, settings: Settings) -> Iterator[Check]:
+def check_redis(
+    redis_url: str,
+    settings: Settings,
+    *,
+    name: str = "redis",
+    cluster: bool | None = None,
+    eviction: bool = True,
+) -> Iterator[Check]:
+    """Reachability and version of a Redis; with ``eviction``, the queue role's check (the one
+    ``serve`` refuses to start on, see :mod:`app.redis_roles`)."""
     where = safe_redis_url(redis_url)
+    cluster = settings.redis_cluster if cluster is None else cluster
     client = None
     try:
-        client = redis_client(
-            redis_url, cluster=settings.redis_cluster, timeout=CHECK_TIMEOUT_SECONDS
-        )
+        client = redis_client(redis_url, cluster=cluster, timeout=CHECK_TIMEOUT_SECONDS)
         info = client.info("server")
-        if settings.redis_cluster:  # one dict per node
+        if cluster:  # one dict per node
             info = next(iter(info.values())) if info and "redis_version" not in info else info
-        yield _ok("redis", f"Redis {info.get('redis_version', '?')} at {where}")
-        yield _eviction(client, settings)
+        yield _ok(name, f"Redis {info.get('redis_version', '?')} at {where}")
+        if eviction:
+            yield _eviction(client, settings)
     except Exception as exc:
         cause, fix = _split(explain_redis(exc, redis_url) or f"{type(exc).__name__}: {exc}")
-        yield _fail("redis", cause, fix)
+        yield _fail(name, cause, fix)
     finally:
         if client is not None:
             client.close()
 
 
 def _eviction(client: Any, settings: Settings) -> Check:
-    memory = client.info("memory")
-    if settings.redis_cluster and "maxmemory_policy" not in memory:
-        memory = next(iter(memory.values()))
-    policy = memory.get("maxmemory_policy", "?")
-    limit = int(memory.get("maxmemory", 0) or 0)
-    if policy == "noeviction":
-        return _ok("eviction", "maxmemory-policy noeviction: queued turns are never evicted")
-    if limit == 0:
-        return _ok("eviction", f"maxmemory-policy {policy}, but no maxmemory limit: no eviction")
-    mode = settings.reply_mode
-    detail = (
-        f"maxmemory-policy {policy} with maxmemory {limit} bytes: Redis may evict the app's "
-        f"turn states{' and queued jobs (async replies)' if mode == 'async' else ''}"
-    )
-    fix = "CONFIG SET maxmemory-policy noeviction (and in redis.conf), or a Redis of its own"
-    return _fail("eviction", detail, fix) if mode == "async" else _warn("eviction", detail, fix)
+    problem = eviction_problem(client, settings)
+    if problem is None:
+        return _ok("eviction", "the queue Redis never evicts: queued turns and jobs are kept")
+    if settings.queue_redis_allow_eviction:
+        return _warn("eviction", f"{problem} (allowed by QUEUE_REDIS_ALLOW_EVICTION)", EVICTION_FIX)
+    return _fail("eviction", f"{problem}; serve refuses to start", EVICTION_FIX)
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -265,7 +263,10 @@ def run_checks(settings: Settings, probe: Callable[[str], int] | None = None) ->
     where = "embedded servers under " + str(settings.data_dir) if urls.embedded else "configured"
     checks = [_ok("storage", f"{where} (DATABASE_URL / REDIS_URL)")]
     checks += check_postgres(urls.database_url)
-    checks += check_redis(urls.redis_url, settings)
+    separate_queue = urls.queue_redis_url != urls.redis_url
+    checks += check_redis(urls.redis_url, settings, eviction=not separate_queue)
+    if separate_queue:  # the cache may evict; the queue Redis may not
+        checks += check_redis(urls.queue_redis_url, settings, name="queue redis", cluster=False)
     checks += check_twilio(settings)
     checks.append(check_public_url(settings, probe))
     checks.append(check_console(settings, urls))

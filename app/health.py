@@ -1,5 +1,5 @@
-"""Operations endpoints: ``/healthz`` (process up), ``/readyz`` (Redis and Postgres answer, the
-schema is migrated), ``/metrics`` (Prometheus)."""
+"""Operations endpoints: ``/healthz`` (process up), ``/readyz`` (Postgres and both Redis roles
+answer, the schema is migrated), ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -7,48 +7,46 @@ import logging
 
 import redis
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.cluster import RedisCluster
 
-from lc_hybrid_memory import sync_url
-
+from .database import create_engine
+from .redis_roles import redis_client
 from .schema_status import MIGRATE_FIX, schema_status
-from .wiring import Services, redis_client
+from .wiring import Services, services
 
 logger = logging.getLogger(__name__)
 
-CHECK_TIMEOUT_SECONDS = 2
-
 
 class ReadinessChecks:
-    """Probes with their own short timeouts: a stalled server makes /readyz answer 503 within
-    seconds instead of hanging on a pooled connection (the app's clients wait much longer)."""
+    """Probes with their own short timeouts (``READINESS_TIMEOUT_SECONDS``): a stalled server
+    makes /readyz answer 503 within seconds instead of hanging on a pooled connection."""
 
-    def __init__(self, database_url: str, redis_url: str, *, cluster: bool = False) -> None:
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        self.timeout = settings.readiness_timeout_seconds
         # A fresh connection per check (NullPool): nothing stale, and libpq's connect_timeout
         # bounds a server that accepts but never answers.
-        self.engine = sa.create_engine(
-            sync_url(database_url),
+        self.engine = create_engine(
+            services.urls.database_url,
+            connect_timeout=self.timeout,
             poolclass=sa.pool.NullPool,
-            connect_args={
-                "connect_timeout": CHECK_TIMEOUT_SECONDS,
-                "options": f"-c statement_timeout={CHECK_TIMEOUT_SECONDS * 1000}",
-            },
+            connect_args={"options": f"-c statement_timeout={self.timeout * 1000}"},
         )
-        self.redis_url = redis_url
-        self.cluster = cluster
-        self._redis: redis.Redis | RedisCluster | None = None
+        # Each Redis role once: the queue's is the cache's unless QUEUE_REDIS_URL.
+        self.redis_targets = {"redis": (services.urls.redis_url, settings.redis_cluster)}
+        if services.urls.queue_redis_url != services.urls.redis_url:
+            self.redis_targets["queue_redis"] = (services.urls.queue_redis_url, False)
+        self._clients: dict[str, redis.Redis | RedisCluster] = {}
 
-    @property
-    def redis(self) -> redis.Redis | RedisCluster:
+    def _redis(self, name: str) -> redis.Redis | RedisCluster:
         # Built on first use: a cluster client connects (to learn the slots) when built, and a
-        # cluster that is down must make /readyz answer 503, not the app fail to start.
-        if self._redis is None:
-            self._redis = redis_client(
-                self.redis_url, cluster=self.cluster, timeout=CHECK_TIMEOUT_SECONDS
-            )
-        return self._redis
+        # cluster that is down must make /readyz answer 503, not fail elsewhere.
+        if name not in self._clients:
+            url, cluster = self.redis_targets[name]
+            self._clients[name] = redis_client(url, cluster=cluster, timeout=self.timeout)
+        return self._clients[name]
 
     def run(self) -> dict[str, str]:
         checks: dict[str, str] = {"postgres": "", "migrations": "unknown: postgres unreachable"}
@@ -66,21 +64,18 @@ class ReadinessChecks:
                 checks["postgres"] = f"error: {type(exc).__name__}"
             else:
                 checks["migrations"] = f"error: {type(exc).__name__}"
-        try:
-            self.redis.ping()  # on a cluster: every node
-            checks["redis"] = "ok"
-        except Exception as exc:
-            checks["redis"] = f"error: {type(exc).__name__}"
+        for name in self.redis_targets:
+            try:
+                self._redis(name).ping()  # on a cluster: every node
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"error: {type(exc).__name__}"
         return checks
 
 
-def create_blueprint(services: Services) -> Blueprint:
+def create_blueprint(app_services: Services) -> Blueprint:
     blueprint = Blueprint("ops", __name__)
-    checks = ReadinessChecks(
-        services.urls.database_url,
-        services.urls.redis_url,
-        cluster=services.settings.redis_cluster,
-    )
+    checks = ReadinessChecks(app_services)
 
     @blueprint.get("/healthz")
     def healthz() -> Response:
@@ -89,7 +84,7 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.get("/readyz")
     def readyz() -> tuple[Response, int]:
-        """Ready when Postgres and Redis both answer and the database is migrated."""
+        """Ready when Postgres and Redis (both roles) answer and the database is migrated."""
         results = checks.run()
         ready = all(value == "ok" for value in results.values())
         if not ready:
@@ -99,11 +94,7 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.get("/metrics")
     def metrics() -> Response:
-        registry = _services().metrics.registry
+        registry = services().metrics.registry
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     return blueprint
-
-
-def _services() -> Services:
-    return current_app.extensions["hybrid_memory"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from lc_hybrid_memory import sync_url
-
+from .database import create_engine
+from .redis_roles import redis_client
 from .schema_status import MIGRATE_FIX, schema_status
 from .storage_errors import explain_postgres, explain_redis
-from .wiring import StorageURLs, redis_client
+from .wiring import StorageURLs
 
 CHECK_TIMEOUT_SECONDS = 3
 
@@ -19,10 +19,8 @@ def storage_problems(urls: StorageURLs, *, cluster: bool = False) -> tuple[list[
     """``(errors, warnings)``: errors stop ``serve``, warnings are printed."""
     errors: list[str] = []
     warnings: list[str] = []
-    engine = sa.create_engine(
-        sync_url(urls.database_url),
-        poolclass=sa.pool.NullPool,
-        connect_args={"connect_timeout": CHECK_TIMEOUT_SECONDS},
+    engine = create_engine(
+        urls.database_url, connect_timeout=CHECK_TIMEOUT_SECONDS, poolclass=sa.pool.NullPool
     )
     try:
         with engine.connect() as conn:

@@ -29,8 +29,9 @@ from .conversation_lookup import (
     resolve_conversation,
 )
 from .conversations import ConversationStore
+from .database import create_engine
 from .settings import Settings
-from .wiring import open_memory
+from .wiring import open_memory, storage_urls
 
 if TYPE_CHECKING:
     from .agent import ChatAgent
@@ -132,8 +133,11 @@ def _describe(memory: HybridMemory, store: ConversationStore, conversation_id: s
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """Entry point of ``hybrid-memory chat``, ``show`` and ``conversations``."""
-    memory = open_memory(settings)
-    store = ConversationStore(memory.store.engine)
+    urls = storage_urls(settings)
+    memory = open_memory(settings, urls)
+    store = ConversationStore(
+        create_engine(urls.database_url, connect_timeout=settings.database_connect_timeout_seconds)
+    )
     try:
         # Idempotent (IF NOT EXISTS); the migrations create the same table for the app.
         memory.create_schema()
@@ -168,4 +172,5 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             interactive=sys.stdin.isatty(),
         )
     finally:
+        store.close()
         memory.close()

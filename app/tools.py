@@ -39,7 +39,7 @@ def current_time_tool() -> BaseTool:
     return StructuredTool.from_function(get_current_time, name=CURRENT_TIME)
 
 
-def _session_id(runtime: ToolRuntime) -> str:
+def _session_id(runtime: ToolRuntime[Any, Any]) -> str:
     # The middleware's rule (context first, then the run config), so a turn is never stored
     # in one conversation and recalled from another.
     return session_id_from(runtime.context, runtime.config)
@@ -60,19 +60,19 @@ def recall_tool(memory: HybridMemory, *, limit: int = 5) -> BaseTool:
     the search asks for that many more rows so that ``limit`` older matches can still come back.
     """
 
-    def select(runtime: ToolRuntime, found: list[BaseMessage]) -> list[BaseMessage]:
+    def select(runtime: ToolRuntime[Any, Any], found: list[BaseMessage]) -> list[BaseMessage]:
         visible = {m.id for m in runtime.state["messages"] if getattr(m, "id", None)}
         return [m for m in found if m.id is None or m.id not in visible][:limit]
 
-    def span(runtime: ToolRuntime) -> int:
+    def span(runtime: ToolRuntime[Any, Any]) -> int:
         return limit + len(runtime.state["messages"])
 
-    def recall(query: str, runtime: ToolRuntime) -> str:
+    def recall(query: str, runtime: ToolRuntime[Any, Any]) -> str:
         """Search older messages of this conversation for ``query``."""
         found = memory.search(_session_id(runtime), query, limit=span(runtime))
         return _format(select(runtime, found))
 
-    async def arecall(query: str, runtime: ToolRuntime) -> str:
+    async def arecall(query: str, runtime: ToolRuntime[Any, Any]) -> str:
         """Search older messages of this conversation for ``query``."""
         found = await memory.asearch(_session_id(runtime), query, limit=span(runtime))
         return _format(select(runtime, found))

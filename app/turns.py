@@ -16,6 +16,11 @@ A turn is removed from the pending list only after it finished (and, in async mo
 reply was sent), so a crash at any point leaves it at the head for the next drain. Re-running
 a turn whose answer is already stored does not call the model: ``ChatAgent.run_turn`` replays
 the stored answer (Postgres is the truth; this Redis state only makes the common case cheap).
+
+One request reads its turn's hash once: :meth:`TurnCoordinator.enqueue` answers with the state
+of a MessageSid it already knew (a retry), and :meth:`TurnCoordinator.run_until` returns the
+state the turn ended in, so the webhook never reads it back. These keys live in the queue Redis
+(see :mod:`app.redis_roles`): they must never be evicted.
 """
 
 from __future__ import annotations
@@ -34,15 +39,14 @@ from redis.cluster import RedisCluster
 from redis.exceptions import LockError, RedisClusterException
 
 from .observability import Metrics, Stopwatch
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SMS_MAX_CHARS = 1600  # Twilio's limit for one message body, inbound and outbound
-
 # KEYS: turn hash, pending list. ARGV: MessageSid, body, ttl, time queued (epoch seconds).
-# 1 = queued now, 0 = known before.
+# 1 = queued now; a MessageSid known before: its hash (HGETALL's field, value, ... list).
 _ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'body', ARGV[2], 'sent', 0, 'queued_at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -75,6 +79,17 @@ class TurnRecord:
     def finished(self) -> bool:
         return self.status is not TurnStatus.PENDING
 
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> TurnRecord:
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            status=TurnStatus(fields.get("status", "pending")),
+            reply=fields.get("reply", ""),
+            body=fields.get("body", ""),
+            sent=int(fields.get("sent", "0")),
+            queued_at=float(fields["queued_at"]) if fields.get("queued_at") else None,
+        )
+
 
 class TurnAgent(Protocol):
     """What the coordinator needs of ``app.agent.ChatAgent``."""
@@ -83,23 +98,6 @@ class TurnAgent(Protocol):
 
 
 Deliver = Callable[[str, TurnRecord], None]
-
-
-def split_reply(text: str, limit: int = SMS_MAX_CHARS) -> list[str]:
-    """``text`` in parts of at most ``limit`` characters, cut at whitespace where possible."""
-    text = text.strip()
-    parts: list[str] = []
-    while len(text) > limit:
-        cut = text.rfind("\n", 0, limit + 1)
-        if cut < limit // 2:
-            cut = text.rfind(" ", 0, limit + 1)
-        if cut < limit // 2:  # one long word: cut it
-            cut = limit
-        parts.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    if text:
-        parts.append(text)
-    return parts
 
 
 class _Heartbeat:
@@ -140,20 +138,16 @@ class TurnCoordinator:
         self,
         client: redis.Redis | RedisCluster,
         agent: TurnAgent,
-        *,
+        settings: Settings,
         metrics: Metrics,
-        prefix: str = "hm:",
-        lock_ttl_seconds: float = 30,
-        state_ttl_seconds: int = 2 * 24 * 3600,
-        apology: str = "Sorry, I could not answer that just now.",
     ) -> None:
         self.client = client
         self.agent = agent
         self.metrics = metrics
-        self.prefix = prefix
-        self.lock_ttl = lock_ttl_seconds
-        self.state_ttl = state_ttl_seconds
-        self.apology = apology
+        self.prefix = settings.redis_prefix
+        self.lock_ttl = settings.lock_ttl_seconds
+        self.state_ttl = settings.turn_state_ttl_seconds
+        self.apology = settings.apology_text
         self._enqueue = client.register_script(_ENQUEUE)
         self._pop_head = client.register_script(_POP_HEAD)
 
@@ -181,25 +175,22 @@ class TurnCoordinator:
 
     # -- state -------------------------------------------------------------------------------
 
-    def enqueue(self, conversation_id: str, message_sid: str, body: str) -> bool:
-        """Queue the turn of ``message_sid`` unless it is known; whether it was queued now."""
+    def enqueue(self, conversation_id: str, message_sid: str, body: str) -> TurnRecord | None:
+        """Queue the turn of ``message_sid`` unless it is known (one script).
+
+        Returns ``None`` when it was queued now, else the state it already had (a retry).
+        """
         keys = [self.turn_key(conversation_id, message_sid), self.pending_key(conversation_id)]
         args = [message_sid, body, self.state_ttl, repr(time.time())]
-        return bool(self._enqueue(keys=keys, args=args))
+        known = self._enqueue(keys=keys, args=args)
+        if not isinstance(known, list):
+            return None
+        return TurnRecord.from_hash(dict(zip(known[::2], known[1::2], strict=True)))
 
     def record(self, conversation_id: str, message_sid: str) -> TurnRecord | None:
         """The turn's state, or ``None`` if it was never queued (or has expired)."""
         raw = self.client.hgetall(self.turn_key(conversation_id, message_sid))
-        if not raw:
-            return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        return TurnRecord(
-            status=TurnStatus(fields.get("status", "pending")),
-            reply=fields.get("reply", ""),
-            body=fields.get("body", ""),
-            sent=int(fields.get("sent", "0")),
-            queued_at=float(fields["queued_at"]) if fields.get("queued_at") else None,
-        )
+        return TurnRecord.from_hash(raw) if raw else None
 
     def pending(self, conversation_id: str) -> list[str]:
         """MessageSids waiting for their turn, oldest first."""
@@ -223,21 +214,34 @@ class TurnCoordinator:
 
     # -- running turns -----------------------------------------------------------------------
 
-    def drain(
+    def run_until(
+        self, conversation_id: str, message_sid: str, *, wait_seconds: float
+    ) -> TurnRecord | None:
+        """Run the conversation's turns in order, under its lock, up to ``message_sid``'s (the
+        inline mode); the state that turn ended in.
+
+        ``None`` if the lock stayed busy for ``wait_seconds`` (or the turn is unknown).
+        """
+        acquired, record = self._drain(conversation_id, wait_seconds, message_sid, None)
+        return record if acquired else None
+
+    def drain(self, conversation_id: str, *, wait_seconds: float, deliver: Deliver) -> bool:
+        """Run all the conversation's pending turns in order, under its lock (the async mode).
+
+        ``deliver`` sends each reply before its turn leaves the queue; if it raises, the turn
+        stays at the head and the next drain sends it. ``False`` if the lock stayed busy for
+        ``wait_seconds``.
+        """
+        acquired, _ = self._drain(conversation_id, wait_seconds, None, deliver)
+        return acquired
+
+    def _drain(
         self,
         conversation_id: str,
-        *,
         wait_seconds: float,
-        until: str | None = None,
-        deliver: Deliver | None = None,
-    ) -> bool:
-        """Run the conversation's pending turns in order, under its lock.
-
-        Stops after ``until`` (inline mode: the request's own MessageSid) or when the queue is
-        empty. ``deliver`` (async mode) sends each reply before its turn leaves the queue; if it
-        raises, the turn stays at the head and the next drain sends it. Returns ``False`` if the
-        lock stayed busy for ``wait_seconds``.
-        """
+        until: str | None,
+        deliver: Deliver | None,
+    ) -> tuple[bool, TurnRecord | None]:
         wait: float | None = wait_seconds
         while True:
             lock = self.client.lock(
@@ -249,10 +253,10 @@ class TurnCoordinator:
                 thread_local=False,
             )
             if not lock.acquire():
-                return False
+                return False, None
             try:
                 with _Heartbeat(lock, self.lock_ttl, conversation_id):
-                    self._drain_locked(conversation_id, until, deliver)
+                    record = self._drain_locked(conversation_id, until, deliver)
             finally:
                 try:
                     lock.release()
@@ -264,22 +268,23 @@ class TurnCoordinator:
             # A turn queued while we were releasing may have seen the lock busy and left it to
             # us: look again, without waiting (if someone else holds the lock now, it's theirs).
             if until is not None or not self.client.llen(self.pending_key(conversation_id)):
-                return True
+                return True, record
             wait = 0
 
     def _drain_locked(
         self, conversation_id: str, until: str | None, deliver: Deliver | None
-    ) -> None:
+    ) -> TurnRecord | None:
+        """Run turns from the head; the state of ``until``'s turn once it is reached."""
         pending = self.pending_key(conversation_id)
         while True:
             head = self.client.lindex(pending, 0)
-            if head is None:
-                return
+            if head is None:  # drained; ``until``'s turn, if any, was run by another request
+                return self.record(conversation_id, until) if until is not None else None
             sid = head.decode()
             if until is not None and sid != until:
                 own = self.record(conversation_id, until)
                 if own is None or own.finished:
-                    return  # ours is done (another request ran it): the rest is theirs
+                    return own  # ours is done (another request ran it): the rest is theirs
             record = self.record(conversation_id, sid)
             if record is not None and not record.finished:
                 record = self._run(conversation_id, sid, record.body)
@@ -287,7 +292,7 @@ class TurnCoordinator:
                 deliver(sid, record)
             self._pop_head(keys=[pending], args=[sid])
             if sid == until:
-                return
+                return record
 
     def _run(self, conversation_id: str, message_sid: str, body: str) -> TurnRecord:
         """Run one turn; any failure becomes the apology (logged and counted, never silent)."""

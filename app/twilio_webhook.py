@@ -11,6 +11,10 @@ The order matters:
    of the same MessageSid is a no-op there (the library's writes are idempotent by id).
 5. The turn runs inline (TwiML reply) or in the RQ worker (empty ``<Response/>`` now, REST reply
    later); :mod:`app.turns` makes it once-only and ordered per conversation.
+
+A turn is one pass, in one direction: the view queues it (learning in the same round trip
+whether this MessageSid was answered before), runs the conversation up to it and renders the
+state it ended in (:mod:`app.replies`); nothing is read back.
 """
 
 from __future__ import annotations
@@ -22,25 +26,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from flask_limiter import Limiter
 from langchain_core.messages import HumanMessage
 from redis.exceptions import RedisClusterException, RedisError
 from twilio.request_validator import RequestValidator
-from twilio.twiml.messaging_response import MessagingResponse
 
 from lc_hybrid_memory import StoreUnavailableError
 
 from .conversations import Address
 from .observability import Stopwatch
-from .settings import Settings
-from .turns import TurnStatus, split_reply
-from .wiring import Services
+from .replies import split_reply
+from .replies import twiml as twiml_document
+from .settings import WEBHOOK_PATH, Settings
+from .turns import TurnRecord, TurnStatus
+from .webhook_auth import signed_url
+from .webhook_client import SIGNATURE_HEADER
+from .wiring import Services, services
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_PATH = "/twilio/messages"
-SIGNATURE_HEADER = "X-Twilio-Signature"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 # Twilio ids: two capital letters and 32 hex digits (SM.../MM... for messages, AC... accounts).
@@ -58,31 +63,9 @@ EMPTY_REPLY = "Send me a text message and I will answer."
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def services() -> Services:
-    """The current app's long-lived objects (set by :func:`app.create_app`)."""
-    return current_app.extensions["hybrid_memory"]
-
-
-def signed_url(settings: Settings) -> str:
-    """The URL Twilio requested, as it signed it.
-
-    With ``PUBLIC_BASE_URL`` the scheme and host are the configured public ones (behind a proxy
-    or tunnel the app sees another host); otherwise the request's own URL, which reflects
-    ``X-Forwarded-*`` only when ``TRUSTED_PROXY_HOPS`` enabled ProxyFix for a trusted proxy.
-    """
-    query = request.query_string.decode("latin-1")
-    suffix = request.path + (f"?{query}" if query else "")
-    if settings.public_base_url:
-        return settings.public_base_url + suffix
-    return request.root_url.rstrip("/") + suffix  # root_url keeps an X-Forwarded-Prefix
-
-
 def twiml(*texts: str) -> Response:
     """A TwiML ``MessagingResponse``: one ``<Message>`` per text (none: an empty ack)."""
-    response = MessagingResponse()
-    for text in texts:
-        response.message(text)
-    return Response(str(response), status=200, mimetype="application/xml")
+    return Response(twiml_document(*texts), status=200, mimetype="application/xml")
 
 
 def refuse(status: int, reason: str, outcome: str) -> Response:
@@ -98,7 +81,11 @@ def verified_by_twilio(view: F) -> F:
     def checked(*args: Any, **kwargs: Any) -> Any:
         svc = services()
         signature = request.headers.get(SIGNATURE_HEADER, "")
-        url = signed_url(svc.settings)
+        url = signed_url(svc.settings, request)
+        if url is None:
+            # Signed, perhaps, but for another host (another app of the same account).
+            logger.warning("refused a webhook addressed to a host not in PUBLIC_HOSTS")
+            return refuse(403, "not addressed to this app", "forbidden")
         # request.form is empty for other content types; a signed one is refused later (415).
         if not signature or not RequestValidator(svc.auth_token).validate(
             url, request.form, signature
@@ -252,10 +239,10 @@ def _accept(svc: Services, inbound: InboundMessage) -> Response:
     if inbound.num_media:
         logger.info("ignoring %d media attachment(s)", inbound.num_media, extra=log)
     try:
-        svc.turns.enqueue(conversation.id, inbound.message_sid, inbound.body)
+        known = svc.turns.enqueue(conversation.id, inbound.message_sid, inbound.body)
         if svc.settings.reply_mode == "async":
-            return _hand_to_worker(svc, conversation.id, inbound.message_sid, is_new)
-        return _reply_inline(svc, conversation.id, inbound.message_sid, is_new)
+            return _hand_to_worker(svc, conversation.id, is_new, known)
+        return _reply_inline(svc, conversation.id, inbound.message_sid, is_new, known)
     except (RedisError, RedisClusterException):  # the latter is no RedisError
         # The message is safe in Postgres; the turn machinery is not reachable.
         svc.metrics.agent_errors.labels(error="RedisUnavailable").inc()
@@ -269,12 +256,11 @@ def _counted(svc: Services, outcome: str, response: Response) -> Response:
 
 
 def _hand_to_worker(
-    svc: Services, conversation_id: str, message_sid: str, is_new: bool
+    svc: Services, conversation_id: str, is_new: bool, known: TurnRecord | None
 ) -> Response:
     from .worker import enqueue_kwargs, process_conversation
 
-    record = svc.turns.record(conversation_id, message_sid)
-    if record is not None and record.finished and not is_new:
+    if known is not None and known.finished and not is_new:
         # A retry of a turn already answered: the reply went (or goes) out through the API.
         return _counted(svc, "duplicate", twiml())
     # One job per inbound; a job that finds the queue drained by an earlier one does nothing.
@@ -287,13 +273,18 @@ def _hand_to_worker(
     return _counted(svc, "acked" if is_new else "duplicate", twiml())
 
 
-def _reply_inline(svc: Services, conversation_id: str, message_sid: str, is_new: bool) -> Response:
-    record = svc.turns.record(conversation_id, message_sid)
+def _reply_inline(
+    svc: Services,
+    conversation_id: str,
+    message_sid: str,
+    is_new: bool,
+    known: TurnRecord | None,
+) -> Response:
+    record = known
     if record is None or not record.finished:
-        svc.turns.drain(
-            conversation_id, wait_seconds=svc.settings.inline_wait_seconds, until=message_sid
+        record = svc.turns.run_until(
+            conversation_id, message_sid, wait_seconds=svc.settings.inline_wait_seconds
         )
-        record = svc.turns.record(conversation_id, message_sid)
     if record is None or not record.finished:
         # Another request holds the conversation beyond our budget: ack; nothing is lost.
         logger.warning(

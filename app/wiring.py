@@ -1,18 +1,19 @@
-"""The long-lived objects of one process (app or worker): storage URLs (configured or embedded),
-the memory, clients and queues, built once and shared by requests."""
+"""The long-lived objects of one process (app or worker), built once from the settings and
+shared by its requests and jobs: storage URLs (configured or embedded), the memory, the queue
+Redis and its RQ queue, the turn coordinator, the Twilio REST client. :func:`services` finds
+them."""
 
 from __future__ import annotations
 
 import atexit
 import logging
 import os
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from flask import current_app, has_app_context
 from redis.cluster import RedisCluster
 from rq import Queue
 from twilio.http.http_client import TwilioHttpClient
@@ -20,16 +21,22 @@ from twilio.http.http_client import TwilioHttpClient
 from lc_hybrid_memory import HybridMemory
 
 from .conversations import ConversationStore
+from .database import create_engine
 from .observability import Metrics
+from .redis_roles import check_queue_redis, check_roles, queue_redis_client
 from .settings import Settings
 from .turns import TurnCoordinator
+from .webhook_auth import webhook_auth_token
 
 logger = logging.getLogger(__name__)
+
+EXTENSION = "hybrid_memory"  # the key of a Flask app's Services in app.extensions
 
 
 @dataclass(frozen=True)
 class StorageURLs:
-    redis_url: str
+    redis_url: str  # the memory cache
+    queue_redis_url: str  # the turn machinery (the cache's Redis unless QUEUE_REDIS_URL)
     database_url: str
     embedded: bool
 
@@ -37,13 +44,10 @@ class StorageURLs:
 def storage_urls(settings: Settings) -> StorageURLs:
     """``DATABASE_URL``/``REDIS_URL`` when both are set; otherwise start (or reuse) the embedded
     servers under ``settings.data_dir``, stopped when the process that started them exits."""
-    if settings.redis_cluster and not settings.redis_url:
-        raise ValueError(
-            "REDIS_CLUSTER needs REDIS_URL (a node of the cluster): the embedded Redis is a "
-            "single server"
-        )
+    check_roles(settings)
     if settings.database_url and settings.redis_url:
-        return StorageURLs(settings.redis_url, settings.database_url, embedded=False)
+        queue = settings.queue_redis_url or settings.redis_url
+        return StorageURLs(settings.redis_url, queue, settings.database_url, embedded=False)
     if settings.database_url or settings.redis_url:
         raise ValueError("set both DATABASE_URL and REDIS_URL, or neither (embedded servers)")
     from lc_hybrid_memory.embedded import EmbeddedServers
@@ -52,94 +56,39 @@ def storage_urls(settings: Settings) -> StorageURLs:
     if servers.owner:
         atexit.register(servers.stop)
         logger.info("started embedded Redis and Postgres under %s", servers.data_dir)
-    return StorageURLs(servers.redis_url, servers.database_url, embedded=True)
+    return StorageURLs(servers.redis_url, servers.redis_url, servers.database_url, embedded=True)
 
 
 def open_memory(settings: Settings, urls: StorageURLs | None = None) -> HybridMemory:
-    """The process's HybridMemory (pools created here, once)."""
+    """The process's HybridMemory (pools created here, once), its cache on ``REDIS_URL``."""
     urls = urls or storage_urls(settings)
     return HybridMemory.from_urls(
         redis_url=urls.redis_url,
         database_url=urls.database_url,
         ttl_seconds=settings.memory_ttl_seconds,
+        redis_timeout=settings.cache_redis_timeout_seconds,
         cluster=settings.redis_cluster,
     )
-
-
-DEV_TOKEN_FILE = "twilio_dev_auth_token"
-
-
-def webhook_auth_token(settings: Settings) -> str:
-    """The secret webhooks are signed with: ``TWILIO_AUTH_TOKEN``, else a local dev token.
-
-    The dev token lives in the data directory (mode 0600), so ``hybrid-memory serve`` and
-    ``hybrid-memory send`` on one machine sign and check with the same secret. Signature checks
-    are never switched off: real Twilio traffic needs the real token.
-    """
-    if settings.twilio_auth_token:
-        return settings.twilio_auth_token
-    path = Path(settings.data_dir) / DEV_TOKEN_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process wrote it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
-    logger.warning(
-        "TWILIO_AUTH_TOKEN is not set: webhooks are checked against the local dev token in %s "
-        "(hybrid-memory send uses it; real Twilio requests will be refused)",
-        path,
-    )
-    return token
-
-
-TURNS_REDIS_TIMEOUT_SECONDS = 2.0
-
-
-def check_redis_cluster_support(settings: Settings) -> None:
-    """Refuse what does not work on a Redis Cluster before anything is opened."""
-    if settings.redis_cluster and settings.reply_mode == "async":
-        raise ValueError(
-            "REDIS_CLUSTER does not work with REPLY_MODE=async: its job queue (RQ) needs a "
-            "single Redis, RQ does not support Redis Cluster; use REPLY_MODE=inline"
-        )
-
-
-def redis_client(
-    url: str, *, cluster: bool = False, timeout: float = TURNS_REDIS_TIMEOUT_SECONDS
-) -> redis.Redis | RedisCluster:
-    """A client of the Redis (or, with ``cluster``, the Redis Cluster) at ``url``."""
-    factory = RedisCluster.from_url if cluster else redis.Redis.from_url
-    return factory(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-
-
-# A REST call that gets no answer fails (the job is retried) instead of holding a worker.
-TWILIO_HTTP_TIMEOUT_SECONDS = 30.0
 
 
 def twilio_rest_client(settings: Settings, http_client: Any = None) -> Any:
     """The Twilio REST client of the async mode, or ``None`` without credentials.
 
     ``TWILIO_API_BASE_URL`` sends its requests to another origin (a Twilio API mock, a
-    recording proxy, the tests' capture server) with the same paths, form and credentials.
+    recording proxy, the tests' capture server) with the same paths, form and credentials. A
+    call that gets no answer fails after ``TWILIO_HTTP_TIMEOUT_SECONDS`` (the job is retried)
+    instead of holding a worker.
     """
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         return None
     from twilio.rest import Client
 
     if http_client is None:
+        timeout = settings.twilio_http_timeout_seconds
         if settings.twilio_api_base_url:
-            http_client = _RebasedHttpClient(
-                settings.twilio_api_base_url, timeout=TWILIO_HTTP_TIMEOUT_SECONDS
-            )
+            http_client = _RebasedHttpClient(settings.twilio_api_base_url, timeout=timeout)
         else:
-            http_client = TwilioHttpClient(timeout=TWILIO_HTTP_TIMEOUT_SECONDS)
+            http_client = TwilioHttpClient(timeout=timeout)
     return Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client)
 
 
@@ -163,7 +112,7 @@ class Services:
     urls: StorageURLs
     memory: HybridMemory
     agent: Any  # app.agent.ChatAgent (or anything with its run_turn)
-    redis: redis.Redis | RedisCluster
+    redis: redis.Redis | RedisCluster  # the queue Redis: turns, locks, jobs
     conversations: ConversationStore
     turns: TurnCoordinator
     queue: Queue
@@ -173,6 +122,7 @@ class Services:
 
     def close(self) -> None:
         self.redis.close()
+        self.conversations.close()
         self.memory.close()
 
 
@@ -186,11 +136,23 @@ def build_services(
 ) -> Services:
     """Open storage (configured URLs or the embedded servers) and build the process's objects.
 
-    Tests pass ``memory`` (on their own database), ``agent`` (with a fake model) and
-    ``twilio_client`` (capturing HTTP); production builds them all from ``settings``.
+    Refuses to start (``ValueError`` with the reason) on an unusable webhook secret, a Redis
+    role the configuration cannot fill, or a queue Redis that may evict. Tests pass ``memory``
+    (on their own database), ``agent`` (with a fake model) and ``twilio_client`` (capturing
+    HTTP); production builds them all from ``settings``.
     """
-    check_redis_cluster_support(settings)
+    check_roles(settings)
+    auth_token = webhook_auth_token(settings)
     urls = storage_urls(settings)
+    # The turn machinery's own client: longer timeouts than the memory cache's, yet short
+    # enough that a stalled Redis costs a webhook seconds, not Twilio's whole 15 s (RQ's
+    # blocking reads use a connection of their own).
+    client = queue_redis_client(settings, urls.queue_redis_url)
+    try:
+        check_queue_redis(client, settings)
+    except BaseException:
+        client.close()
+        raise
     memory = memory or open_memory(settings, urls)
     if agent is None:
         from .agent import ChatAgent
@@ -198,22 +160,12 @@ def build_services(
         agent = ChatAgent(memory, settings)
     metrics = metrics or Metrics()
     metrics.watch_memory(memory)
-    # Its own client: turn states, locks and their heartbeat, enqueueing jobs. Longer timeouts
-    # than the memory cache's 250 ms, yet short enough that a stalled Redis costs a webhook
-    # seconds, not Twilio's whole 15 s (RQ's blocking reads use a connection of their own).
-    client = redis_client(urls.redis_url, cluster=settings.redis_cluster)
-    # On a Redis Cluster (inline mode only, see check_redis_cluster_support) nothing is ever
-    # enqueued: the queue only reports its depth, 0.
+    # On a Redis Cluster (inline mode only, see check_roles) nothing is ever enqueued: the
+    # queue only reports its depth, 0.
     queue = Queue(settings.queue_name, connection=client)
     metrics.watch_queue_depth(lambda: queue.count)
-    turns = TurnCoordinator(
-        client,
-        agent,
-        metrics=metrics,
-        prefix=settings.redis_prefix,
-        lock_ttl_seconds=settings.lock_ttl_seconds,
-        state_ttl_seconds=settings.turn_state_ttl_seconds,
-        apology=settings.apology_text,
+    conversations = ConversationStore(
+        create_engine(urls.database_url, connect_timeout=settings.database_connect_timeout_seconds)
     )
     return Services(
         settings=settings,
@@ -221,10 +173,31 @@ def build_services(
         memory=memory,
         agent=agent,
         redis=client,
-        conversations=ConversationStore(memory.store.engine),
-        turns=turns,
+        conversations=conversations,
+        turns=TurnCoordinator(client, agent, settings, metrics),
         queue=queue,
         metrics=metrics,
-        auth_token=webhook_auth_token(settings),
+        auth_token=auth_token,
         twilio_client=twilio_client or twilio_rest_client(settings),
     )
+
+
+_process_services: dict[int, Services] = {}
+
+
+def install_services(services: Services) -> None:
+    """Use ``services`` for this process outside a Flask app (the worker command, tests)."""
+    _process_services[os.getpid()] = services
+
+
+def services() -> Services:
+    """This process's long-lived objects: inside a request, the current Flask app's; elsewhere
+    (an RQ job) the ones installed for this process, built from the environment on first use
+    (after a fork too: they are keyed by process id)."""
+    if has_app_context():
+        return current_app.extensions[EXTENSION]
+    found = _process_services.get(os.getpid())
+    if found is None:
+        found = build_services(Settings.from_env())
+        install_services(found)
+    return found

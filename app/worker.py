@@ -1,9 +1,10 @@
 """The async reply mode's background side: RQ jobs that run turns and send replies by REST.
 
 The webhook acks at once and enqueues ``process_conversation(conversation_id)`` on the RQ queue
-(same Redis). A job drains the conversation's pending turns in order under its lock (see
-:mod:`app.turns`) and sends each reply with the Twilio REST client. Jobs are idempotent: a job
-that finds the queue already drained does nothing, so a duplicate or retried job is harmless.
+(in the queue Redis, see :mod:`app.redis_roles`). A job drains the conversation's pending turns
+in order under its lock (see :mod:`app.turns`) and sends each reply with the Twilio REST client.
+Jobs are idempotent: a job that finds the queue already drained does nothing, so a duplicate or
+retried job is harmless.
 
 Workers are ``SimpleWorker`` s (no fork per job): the memory's connection pools and the agent
 are built once per process and reused by every job. Run several worker processes for
@@ -15,48 +16,37 @@ after the job timeout. So every worker also runs :func:`recover_stalled_turns` e
 ``TURN_LOCK_SECONDS`` (one worker at a time): a conversation with pending turns, no lock and a
 head turn queued more than ``TURN_LOCK_SECONDS`` ago gets a new job. Its turn then runs (or is
 replayed from Postgres) and its reply goes out, once, within about three lock periods.
+
+Whether a reply went out is also recorded in Postgres, on the stored answer
+(:meth:`~lc_hybrid_memory.HybridMemory.mark_delivered`), so a retry after the Redis state is
+lost never sends it twice. A failed job is logged and recorded like any app log: the traceback
+and the exception types only (see :mod:`app.observability`), never a message's text.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 from rq import Queue, Retry, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from twilio.base.exceptions import TwilioRestException
 
+from . import wiring
 from .conversations import Conversation
+from .observability import format_exception_safely
+from .replies import split_reply
 from .settings import Settings
-from .turns import TurnRecord, TurnStatus, split_reply
-from .wiring import Services, build_services
+from .turns import TurnRecord, TurnStatus
+from .wiring import Services, install_services
 
 logger = logging.getLogger(__name__)
-
-# Jobs retried by RQ when the Twilio API or a store is briefly unavailable.
-JOB_RETRY = Retry(max=3, interval=[2, 10, 30])
-
-_process_services: dict[int, Services] = {}
-
-
-def install_services(services: Services) -> None:
-    """Use ``services`` for the jobs this process runs (the worker command and tests call it)."""
-    _process_services[os.getpid()] = services
-
-
-def current_services() -> Services:
-    """This process's services; built from the environment on first use (after a fork too)."""
-    services = _process_services.get(os.getpid())
-    if services is None:
-        services = build_services(Settings.from_env())
-        install_services(services)
-    return services
 
 
 class ReplySender:
@@ -72,10 +62,12 @@ class ReplySender:
 
     def __call__(self, message_sid: str, record: TurnRecord) -> None:
         conversation = self.conversation
+        memory = self.services.memory
         metrics = self.services.metrics
         log = {"conversation_id": conversation.id, "message_sid": message_sid}
-        answer_uid = self._delivered_answer(message_sid)
-        if answer_uid is True:
+        # The turn's stored answer (None: a failed turn, the apology has nothing to mark).
+        answer = memory.turn_reply(conversation.id, message_sid)
+        if answer is not None and answer.delivered:
             # Postgres says this reply went out (its turn state in Redis was lost or expired).
             logger.info("reply already delivered; not sending it again", extra=log)
             return
@@ -107,8 +99,9 @@ class ReplySender:
                 raise  # transient: the job fails, RQ retries it, the turn stays queued
             # Recorded after each part: a retried job resends nothing that went out.
             self.services.turns.mark_sent(conversation.id, message_sid, index + 1)
-            if index == len(parts) - 1 and isinstance(answer_uid, str):
-                self._record_delivery(answer_uid, getattr(message, "sid", None) or "sent")
+            if index == len(parts) - 1 and answer is not None:
+                sid = getattr(message, "sid", None) or "sent"
+                memory.mark_delivered(conversation.id, answer.message_id, sid)
             outcome = "apology" if record.status is TurnStatus.FAILED else "sent"
             metrics.replies_sent.labels(outcome=outcome).inc()
             logger.info(
@@ -119,58 +112,24 @@ class ReplySender:
                 extra=log,
             )
 
-    # -- the durable delivery mark: provider_sid of the stored answer -------------------------
-
-    def _delivered_answer(self, message_sid: str) -> bool | str | None:
-        """``True`` if the turn's stored answer carries a Twilio sid (it was sent), else the
-        answer's message uid to mark after sending (``None``: nothing stored to mark)."""
-        table = self.services.memory.store.table
-        if "provider_sid" not in table.c or "message_uid" not in table.c:
-            return None
-        c = table.c
-        # The turn's messages have ids "<MessageSid>:<n>"; the answer is the last one stored.
-        stmt = (
-            sa.select(c.message_uid, c.provider_sid)
-            .where(c.conversation_id == self.conversation.id)
-            .where(c.message_uid.startswith(f"{message_sid}:", autoescape=True))
-            .order_by(c.id.desc())
-            .limit(1)
-        )
-        with self.services.memory.store.engine.connect() as conn:
-            row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return None  # a failed turn (apology): nothing stored to mark
-        return True if row.provider_sid else row.message_uid
-
-    def _record_delivery(self, answer_uid: str, twilio_sid: str) -> None:
-        c = self.services.memory.store.table.c
-        stmt = (
-            sa.update(self.services.memory.store.table)
-            .where(c.conversation_id == self.conversation.id)
-            .where(c.message_uid == answer_uid)
-            .values(provider_sid=twilio_sid)
-        )
-        with self.services.memory.store.engine.begin() as conn:
-            conn.execute(stmt)
-
 
 def process_conversation(conversation_id: str) -> int:
     """RQ job: run the conversation's pending turns and send their replies. Returns how many
     turns were pending when it started."""
-    services = current_services()
-    conversation = services.conversations.get(conversation_id)
+    svc = wiring.services()
+    conversation = svc.conversations.get(conversation_id)
     if conversation is None:
         logger.error("job for an unknown conversation", extra={"conversation_id": conversation_id})
         return 0
-    waiting = len(services.turns.pending(conversation_id))
+    waiting = len(svc.turns.pending(conversation_id))
     if waiting:
-        acquired = services.turns.drain(
+        acquired = svc.turns.drain(
             conversation_id,
             # A crashed holder's lock expires within lock_ttl: then this job takes over. A live
             # holder still busy after that looks at the queue again when it releases the lock,
             # so it runs what this job was sent for.
-            wait_seconds=services.settings.lock_ttl_seconds + 1,
-            deliver=ReplySender(services, conversation),
+            wait_seconds=svc.settings.lock_ttl_seconds + 1,
+            deliver=ReplySender(svc, conversation),
         )
         if not acquired:
             logger.info(
@@ -182,13 +141,15 @@ def process_conversation(conversation_id: str) -> int:
 
 def enqueue_kwargs(settings: Settings) -> dict[str, Any]:
     """Options of every turn job."""
+    intervals = list(settings.job_retry_intervals)
     return {
         # A job may run several queued turns of its conversation; each is bounded by the
         # model's own timeouts, this only stops a job that hangs.
-        "job_timeout": 600,
-        "retry": JOB_RETRY,
-        "result_ttl": 3600,
-        "failure_ttl": 7 * 24 * 3600,
+        "job_timeout": settings.job_timeout_seconds,
+        # Retried when the Twilio API or a store is briefly unavailable.
+        "retry": Retry(max=len(intervals), interval=intervals) if intervals else None,
+        "result_ttl": settings.job_result_ttl_seconds,
+        "failure_ttl": settings.job_failure_ttl_seconds,
     }
 
 
@@ -264,6 +225,26 @@ class _Recoverer:
         self.thread.join(5)
 
 
+class TurnWorker(SimpleWorker):
+    """RQ's in-process worker, logging and recording a failed job without its exception's
+    message (RQ's own puts the whole traceback text in its log line and in the job)."""
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        logger.error(
+            "job %s failed",
+            job.id,
+            exc_info=exc_info if exc_info and exc_info[1] is not None else None,
+            extra={"job_id": job.id, "queue": job.origin},
+        )
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        # Called while the job's exception is being handled: record the redacted form.
+        error = sys.exc_info()[1]
+        if "exc_string" in kwargs:
+            kwargs["exc_string"] = format_exception_safely(error) if error else ""
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
+
 def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool = True) -> bool:
     """Run an RQ worker on the turn queue until stopped (or, with ``burst``, until it is empty).
 
@@ -273,9 +254,12 @@ def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool 
     install_services(services)
     # RQ's blocking dequeue raises its connection's socket timeout to minutes: give it a
     # connection of its own, so the turns' client keeps its short timeouts.
-    connection = redis.Redis.from_url(services.urls.redis_url, socket_connect_timeout=5)
+    connection = redis.Redis.from_url(
+        services.urls.queue_redis_url,
+        socket_connect_timeout=services.settings.queue_redis_timeout_seconds,
+    )
     queue = Queue(services.queue.name, connection=connection)
-    worker = SimpleWorker([queue], connection=connection)
+    worker = TurnWorker([queue], connection=connection)
     logger.info("worker listening on queue %s", services.queue.name)
     try:
         if burst:

@@ -3,57 +3,51 @@
 An optional part of the library: it needs ``langchain`` (>= 1.0) and ``langgraph``, which the
 core package does not require, so nothing else in ``lc_hybrid_memory`` imports this module.
 
-Two wirings share the turn logic below and the storage (:meth:`HybridMemory.add_messages`: one
-INSERT and one cache script per write). A turn is one pass: :func:`load_turn` reads the window
-and makes the input durable, :func:`plan_turn` splits that history around the input (once),
-the agent runs, and its messages are stored with :func:`assign_turn_ids` in one write.
-:func:`begin_turn` is the first two steps together. :func:`session_id_from` is the one rule for
-finding the conversation of a run, for the middleware and for tools alike.
+Two wirings share the turn logic of :mod:`lc_hybrid_memory.turns` (re-exported here: ids,
+:func:`load_turn`, :func:`plan_turn`, :func:`begin_turn`, :func:`session_id_from`) and the
+storage (:meth:`HybridMemory.add_messages`: one INSERT and one cache script per write):
 
 * :func:`agent_turn` wraps a compiled agent graph as a runnable for the (deprecated)
   ``RunnableWithMessageHistory`` with ``input_messages_key="messages"`` and
-  ``history_messages_key="history"``. It returns only the new messages of the turn, so the
-  wrapper stores exactly those (and not the whole conversation again).
+  ``history_messages_key="history"``. It plans the turn on the history the wrapper read and
+  returns only the new messages of the turn, so the wrapper stores exactly those (and not the
+  whole conversation again).
 * :class:`HybridMemoryMiddleware` is an ``AgentMiddleware`` for ``create_agent``: it loads the
   window and makes the input durable before the model runs (:func:`begin_turn`), and stores
   the turn's messages after it, with no wrapper at all.
 
-Message ids (the idempotency scheme)
-------------------------------------
-The input message of a turn carries the caller's id (for SMS, the Twilio ``MessageSid``).
-Every message the turn produces — AI tool-call messages, tool results, the final answer — gets
-the id ``f"{input_id}:{n}"`` with ``n = 1, 2, 3...`` in order (:func:`turn_message_id`), so the
-final answer is the highest ``n``. Consequences:
-
-* a retried turn writes the same ids, and the store skips ids it already holds;
-* a history that already contains the input (the caller stored it first to make it durable)
-  is cut just before it, so the model never sees the input twice, nor inbound messages that
-  arrived after it;
-* the model sees each earlier turn's messages right after that turn's input, even where the
-  table interleaves them with later inbound messages (:func:`in_turn_order`);
-* a turn whose final answer is already stored is *complete*: it is answered from storage
-  (replayed) without calling the model.
-
-Messages without ids get fresh ones from LangGraph; such a turn cannot be recognised when
-retried. :func:`begin_turn` recognises a retried turn whatever its age: an input missing from
-the window is written at once, and only if the store already held it (a turn older than the
-window) is the whole conversation read to find the turn.
+Message ids: the input carries the caller's id (for SMS, the Twilio ``MessageSid``); every
+message the turn produces gets ``f"{input_id}:{n}"``, ``n = 1, 2, 3...`` (see
+:mod:`lc_hybrid_memory.turns`), so retries are recognised and stored once.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
-from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage, ToolMessage
+from langchain_core.messages import BaseMessage, RemoveMessage
 from langchain_core.messages.utils import convert_to_messages
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
-from .errors import HybridMemoryError
 from .history import DEFAULT_WINDOW
+from .turns import (
+    LoadedTurn,
+    MissingSessionIdError,
+    TurnPlan,
+    abegin_turn,
+    aload_turn,
+    assign_turn_ids,
+    begin_turn,
+    in_turn_order,
+    is_turn_message,
+    load_turn,
+    plan_turn,
+    session_id_from,
+    turn_message_id,
+    turn_message_ids,
+)
 
 try:  # the optional dependencies of this integration
     from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
@@ -90,262 +84,6 @@ __all__ = [
     "turn_message_id",
     "turn_message_ids",
 ]
-
-# "<input id>:<n>", n >= 1: a message produced by the turn of that input.
-_DERIVED_ID = re.compile(r"(.+):([1-9][0-9]*)")
-
-
-class MissingSessionIdError(HybridMemoryError, ValueError):
-    """The agent was run without a session id to load and store the conversation under."""
-
-
-def session_id_from(context: Any, config: Mapping[str, Any] | None, key: str = "session_id") -> str:
-    """The conversation a run belongs to: the run context's ``key`` (``context={"session_id":
-    ...}`` or an object with that attribute), else ``config["configurable"][key]``.
-
-    The one rule for everything inside an agent turn — :class:`HybridMemoryMiddleware` and an
-    application's tools (a recall tool) — so that a run given both a context and a config
-    stores its turn and searches its history in the same conversation.
-    """
-    found = context.get(key) if isinstance(context, Mapping) else getattr(context, key, None)
-    if not found:
-        found = ((config or {}).get("configurable") or {}).get(key)
-    if not found:
-        raise MissingSessionIdError(
-            f"run the agent with context={{{key!r}: ...}} or "
-            f"config={{'configurable': {{{key!r}: ...}}}}"
-        )
-    return str(found)
-
-
-# -- ids ---------------------------------------------------------------------------------------
-
-
-def turn_message_id(message_id: str, n: int) -> str:
-    """The id of the ``n``-th message (1-based) produced by the turn of input ``message_id``."""
-    return f"{message_id}:{n}"
-
-
-def turn_message_ids(message_id: str, count: int = 1) -> list[str]:
-    """The ids of the first ``count`` messages produced by the turn of ``message_id``.
-
-    ``turn_message_ids("SM1", 3) == ["SM1:1", "SM1:2", "SM1:3"]``; the final answer of a
-    complete turn is the message with the highest ``n``.
-    """
-    return [turn_message_id(message_id, n) for n in range(1, count + 1)]
-
-
-def is_turn_message(message_id: str, message: BaseMessage) -> bool:
-    """Whether ``message`` was produced by the turn of input ``message_id``."""
-    return _turn_index(message_id, message) is not None
-
-
-def _turn_index(message_id: str, message: BaseMessage) -> int | None:
-    """``n`` if ``message`` was produced by the turn of ``message_id``, else ``None``."""
-    prefix = f"{message_id}:"
-    mid = message.id
-    if not mid or not mid.startswith(prefix):
-        return None
-    suffix = mid[len(prefix) :]
-    # Digits only: a provider id that merely starts with "<sid>:" is not one of ours.
-    return int(suffix) if re.fullmatch(r"[1-9][0-9]*", suffix) else None
-
-
-def assign_turn_ids(message_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """Copies of the turn's new ``messages`` carrying the derived ids ``<message_id>:<n>``."""
-    return [
-        message.model_copy(update={"id": turn_message_id(message_id, n)})
-        for n, message in enumerate(messages, start=1)
-    ]
-
-
-# -- planning a turn -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TurnPlan:
-    """What a turn runs on, decided from the stored window and the turn's input messages."""
-
-    context: list[BaseMessage]
-    """Stored messages the model sees before the input (never the input itself)."""
-    inputs: list[BaseMessage]
-    """The turn's input messages (normally one ``HumanMessage``)."""
-    anchor: str
-    """The id the turn's other message ids derive from: the last input's id."""
-    stored: list[BaseMessage] = field(default_factory=list)
-    """Messages of this turn already in storage, in order (a retried turn)."""
-    found: bool = False
-    """Whether the input was found in the history (stored before)."""
-    written: list[BaseMessage] = field(default_factory=list)
-    """Inputs :func:`begin_turn` has just stored (they were not stored before)."""
-
-    @property
-    def reply(self) -> AIMessage | None:
-        """The stored final answer when the turn is already complete, else ``None``."""
-        if self.stored:
-            last = self.stored[-1]
-            if isinstance(last, AIMessage) and not last.tool_calls:
-                return last
-        return None
-
-
-def in_turn_order(history: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """``history`` with each turn's produced messages moved right after the turn's input.
-
-    The table keeps write order. When a caller stores inbound messages before their turns run
-    (a webhook making them durable first), a turn's answer is written after later inbound
-    messages: ``SM1, SM2, SM1:1, SM2:1``. Grouping by the derived ids restores the
-    conversation as it happened, ``SM1, SM1:1, SM2, SM2:1``. Messages whose input is not in
-    ``history`` (cut off by the window) and messages without derived ids keep their place.
-    """
-    ids = {m.id for m in history if m.id}
-    ordered: list[BaseMessage] = []
-    produced: dict[str, list[tuple[int, BaseMessage]]] = {}
-    for message in history:
-        match = _DERIVED_ID.fullmatch(message.id or "")
-        if match and match.group(1) in ids:
-            produced.setdefault(match.group(1), []).append((int(match.group(2)), message))
-        else:
-            ordered.append(message)
-    if not produced:
-        return list(history)
-    result: list[BaseMessage] = []
-    for message in ordered:
-        result.append(message)
-        if message.id in produced:
-            result.extend(m for _, m in sorted(produced[message.id], key=lambda pair: pair[0]))
-    return result
-
-
-def plan_turn(
-    history: Sequence[BaseMessage],
-    inputs: Sequence[BaseMessage],
-    *,
-    window: int | None = None,
-) -> TurnPlan:
-    """Split the stored ``history`` around the turn's ``inputs``.
-
-    The history is first put :func:`in_turn_order`. If an input is already stored (the caller
-    made it durable first, or this is a retry), the context ends just before it: what follows
-    it is this turn's own messages (derived ids: a retry) or later inbound messages and their
-    turns, which this turn must neither see nor answer. ``window`` keeps the context to its
-    last ``window`` messages (the history of a turn older than the window is the whole
-    conversation, see :func:`load_turn`).
-    """
-    inputs = list(inputs)
-    if not inputs:
-        raise ValueError("a turn needs at least one input message")
-    anchor = inputs[-1].id
-    if not anchor:
-        raise ValueError("the turn's input messages need ids (give HumanMessage an id=...)")
-    input_ids = {m.id for m in inputs if m.id}
-    ordered = in_turn_order(history)
-    position = next((i for i, m in enumerate(ordered) if m.id in input_ids), None)
-    if position is None:
-        return TurnPlan(context=_tail(ordered, window), inputs=inputs, anchor=anchor)
-    produced = [m for m in ordered[position:] if _turn_index(anchor, m) is not None]
-    return TurnPlan(
-        context=_tail(ordered[:position], window),
-        inputs=inputs,
-        anchor=anchor,
-        stored=produced,
-        found=True,
-    )
-
-
-def _tail(messages: list[BaseMessage], window: int | None) -> list[BaseMessage]:
-    """The last ``window`` messages, not starting with tool results cut from their call."""
-    if window is None:
-        return messages
-    tail = messages[-window:]
-    while tail and isinstance(tail[0], ToolMessage):
-        tail = tail[1:]
-    return tail
-
-
-@dataclass(frozen=True)
-class LoadedTurn:
-    """The stored history a turn is planned on, read with its input made durable."""
-
-    history: list[BaseMessage]
-    """The last ``window`` messages; the whole conversation if the input was stored before
-    but is older than the window (a retry of an old turn)."""
-    written: list[BaseMessage] = field(default_factory=list)
-    """Inputs stored by this load (they were not stored before)."""
-
-
-def _holds(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> bool:
-    ids = {m.id for m in inputs if m.id}
-    return any(m.id in ids for m in history)
-
-
-def _new(inputs: list[BaseMessage], flags: list[bool]) -> list[BaseMessage]:
-    return [m for m, new in zip(inputs, flags, strict=True) if new]
-
-
-def load_turn(
-    memory: HybridMemory,
-    session_id: str,
-    inputs: Sequence[BaseMessage],
-    window: int | None = DEFAULT_WINDOW,
-) -> LoadedTurn:
-    """Read the turn's history and make its input durable before any model runs.
-
-    Reads the last ``window`` messages. If the input is among them (the caller stored it
-    first, or the turn is retried) nothing is written. Otherwise the input is stored now, so
-    a model that fails or a process that dies mid-turn never loses the user's message; if the
-    store already held it (a turn older than the window), the whole conversation is read once
-    to find that turn. Raises :class:`~lc_hybrid_memory.errors.StoreUnavailableError`.
-    """
-    inputs = list(inputs)
-    history = memory.get_messages(session_id, window)
-    if _holds(history, inputs):
-        return LoadedTurn(history)
-    flags = memory.add_messages(session_id, inputs)
-    if not all(flags):  # stored before, beyond the window: a retry of an old turn
-        history = memory.get_messages(session_id, None)
-    return LoadedTurn(history, _new(inputs, flags))
-
-
-async def aload_turn(
-    memory: HybridMemory,
-    session_id: str,
-    inputs: Sequence[BaseMessage],
-    window: int | None = DEFAULT_WINDOW,
-) -> LoadedTurn:
-    """Async :func:`load_turn`."""
-    inputs = list(inputs)
-    history = await memory.aget_messages(session_id, window)
-    if _holds(history, inputs):
-        return LoadedTurn(history)
-    flags = await memory.aadd_messages(session_id, inputs)
-    if not all(flags):
-        history = await memory.aget_messages(session_id, None)
-    return LoadedTurn(history, _new(inputs, flags))
-
-
-def begin_turn(
-    memory: HybridMemory,
-    session_id: str,
-    inputs: Sequence[BaseMessage],
-    window: int | None = DEFAULT_WINDOW,
-) -> TurnPlan:
-    """:func:`load_turn`, then :func:`plan_turn` on what it read (the middleware's first step)."""
-    loaded = load_turn(memory, session_id, inputs, window)
-    plan = plan_turn(loaded.history, inputs, window=window)
-    return replace(plan, written=loaded.written)
-
-
-async def abegin_turn(
-    memory: HybridMemory,
-    session_id: str,
-    inputs: Sequence[BaseMessage],
-    window: int | None = DEFAULT_WINDOW,
-) -> TurnPlan:
-    """Async :func:`begin_turn`."""
-    loaded = await aload_turn(memory, session_id, inputs, window)
-    plan = plan_turn(loaded.history, inputs, window=window)
-    return replace(plan, written=loaded.written)
 
 
 def _with_ids(inputs: Sequence[BaseMessage]) -> list[BaseMessage]:

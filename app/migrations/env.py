@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from alembic import context
 
 from app.conversations import metadata as app_metadata
-from lc_hybrid_memory import MessageTable, sync_url
+from app.database import create_engine
+from app.settings import Settings
+from lc_hybrid_memory import MessageTable
 
 # Several processes may start at once (serve, worker, compose's migrate service): the lock makes
 # the second one wait and then find the schema already at head.
@@ -31,7 +33,8 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
     if not url:
         raise RuntimeError("no database URL: set DATABASE_URL")
-    engine = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
+    timeout = config.attributes.get("connect_timeout", Settings.database_connect_timeout_seconds)
+    engine = create_engine(url, connect_timeout=timeout, poolclass=sa.pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -414,3 +414,31 @@ def default_tools_for_names() -> list[Any]:
         return query
 
     return [current_time_tool(), recall]
+
+
+async def test_given_a_context_and_a_config_the_turn_is_stored_and_recalled_in_one_conversation(
+    memory: HybridMemory, run: Runner
+) -> None:
+    """The middleware and ``recall`` read the session id by one rule (``session_id_from``)."""
+    narrow = Settings(memory_window=2)  # recall must search beyond the window
+    agent = ChatAgent(memory, narrow, wiring="middleware")  # the offline model, real tools
+    ours, other = f"ours-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
+    await run(agent, ours, "my favourite colour is teal", "SM1")
+    await run(agent, other, "my favourite colour is mauve", "SM2")
+    for n in range(3, 5):
+        await run(agent, ours, f"filler {n}", f"SM{n}")
+
+    question = HumanMessage("recall colour", id="SM9")
+    both = {
+        "config": {"configurable": {"session_id": other}},
+        "context": {"session_id": ours},
+    }
+    if run.mode == "sync":
+        state = agent.graph.invoke({"messages": [question]}, **both)
+    else:
+        state = await agent.graph.ainvoke({"messages": [question]}, **both)
+
+    answer = state["messages"][-1].text
+    assert "teal" in answer and "mauve" not in answer  # recalled from the conversation...
+    stored_in = {sid: [m.id for m in memory.get_messages(sid, None)] for sid in (ours, other)}
+    assert "SM9" in stored_in[ours] and "SM9" not in stored_in[other]  # ...it was stored in

@@ -20,13 +20,10 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app.commands import send
-from app.wiring import DEV_TOKEN_FILE
+from app.webhook_auth import DEV_TOKEN_FILE
 from lc_hybrid_memory import sync_url
 from lc_hybrid_memory.embedded import free_port
-from tests.support import app_harness as app_support
 from tests.support.app_harness import AppHarness, fake_model
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 
 def _serve_in_thread(app: Flask) -> Iterator[str]:

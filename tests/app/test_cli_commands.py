@@ -29,10 +29,8 @@ from app.conversations import Address, ConversationStore
 from app.settings import Settings
 from lc_hybrid_memory import HybridMemory, sync_url
 from lc_hybrid_memory.embedded import free_port
-from tests.support import app_harness as app_support
 from tests.support.app_harness import AppHarness, fake_model
 
-harness = app_support.harness  # the fixture, under its name in this module
 COMMANDS = ("serve", "worker", "chat", "show", "conversations", "send", "migrate", "doctor")
 
 

@@ -1,10 +1,10 @@
-"""The app on a real Redis Cluster (3 masters on loopback), inline mode: memory cache, turn
-states, conversation locks and rate limits all on the cluster, each script on one slot.
+"""The app with its cache on a real Redis Cluster (3 masters on loopback): the cluster-only
+checks. The inline webhook suite itself runs on the cluster too, as the ``[redis-cluster]``
+half of ``test_webhook.py``.
 
-The whole inline webhook suite runs again here: its tests are collected into this module,
-whose ``harness`` fixture builds the apps with ``REDIS_CLUSTER``. The async mode is refused on
-a cluster (RQ needs a single Redis), so its suite is not re-run; a test below checks the
-refusal.
+Inline mode keeps everything on the cluster (turn states, locks, rate limits: each script on
+one slot). The async mode needs a single Redis for its job queue (RQ): the cache stays on the
+cluster and ``QUEUE_REDIS_URL`` names the queue Redis.
 """
 
 from __future__ import annotations
@@ -17,12 +17,17 @@ import pytest
 from limits.storage import RedisClusterStorage
 from redis.cluster import RedisCluster
 
-from app import create_app, rate_limit_storage
+from app import create_app
+from app.redis_roles import rate_limit_storage
 from app.settings import Settings
 from app.wiring import build_services
+from app.worker import run_worker
 from lc_hybrid_memory.embedded import EmbeddedRedisCluster
-from tests.app.test_webhook import *  # noqa: F403  (the inline suite re-run on the cluster)
 from tests.support.app_harness import (
+    ACCOUNT_SID,
+    ON_REDIS_CLUSTER,
+    OUR_NUMBER,
+    SENDER,
     AppHarness,
     app_harness,
     fake_model,
@@ -30,25 +35,10 @@ from tests.support.app_harness import (
     post_signed,
     replies,
 )
+from tests.support.servers import ServerURLs
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
-    embedded = EmbeddedRedisCluster(Path(tmp_path_factory.mktemp("app-cluster"))).start()
-    try:
-        yield embedded
-    finally:
-        embedded.stop()
-
-
-@pytest.fixture
-def harness(  # replaces the single-Redis harness of the imported suite
-    cluster: EmbeddedRedisCluster, fresh_database_url: str, unique: str, tmp_path: Path
-) -> Iterator[AppHarness]:
-    with app_harness(cluster.url, fresh_database_url, unique, tmp_path, cluster=True) as harness:
-        yield harness
-
-
+@ON_REDIS_CLUSTER
 def test_the_harness_runs_the_app_on_the_cluster(harness: AppHarness) -> None:
     app = harness.app(fake_model(), rate_limit="5 per minute")
     services = app.extensions["hybrid_memory"]
@@ -64,6 +54,7 @@ def test_the_harness_runs_the_app_on_the_cluster(harness: AppHarness) -> None:
     assert len(list(harness.redis.scan_iter(match=window))) == 1
 
 
+@ON_REDIS_CLUSTER
 def test_a_conversations_turn_keys_are_on_one_slot_and_conversations_spread(
     harness: AppHarness,
 ) -> None:
@@ -83,6 +74,7 @@ def test_a_conversations_turn_keys_are_on_one_slot_and_conversations_spread(
     assert len(owners) == 3
 
 
+@ON_REDIS_CLUSTER
 def test_turn_state_is_written_on_the_owning_master(harness: AppHarness) -> None:
     app = harness.app(fake_model("Hello there."))
     turns = app.extensions["hybrid_memory"].turns
@@ -95,6 +87,7 @@ def test_turn_state_is_written_on_the_owning_master(harness: AppHarness) -> None
     assert not turns.is_locked(conversation["id"])
 
 
+@ON_REDIS_CLUSTER
 def test_readyz_pings_the_cluster(harness: AppHarness) -> None:
     client = harness.app().test_client()
     response = client.get("/readyz")
@@ -103,12 +96,73 @@ def test_readyz_pings_the_cluster(harness: AppHarness) -> None:
     assert client.get("/metrics").status_code == 200
 
 
-def test_async_mode_is_refused_on_a_cluster_with_a_clear_error(harness: AppHarness) -> None:
+@ON_REDIS_CLUSTER
+def test_async_mode_without_a_queue_redis_is_refused_on_a_cluster(harness: AppHarness) -> None:
     settings = replace(harness.settings, reply_mode="async")
-    with pytest.raises(ValueError, match=r"REDIS_CLUSTER .*REPLY_MODE=async.*RQ"):
+    with pytest.raises(ValueError, match=r"REDIS_CLUSTER with REPLY_MODE=async needs QUEUE_REDIS"):
         build_services(settings, memory=harness.memory)
-    with pytest.raises(ValueError, match=r"REDIS_CLUSTER .*REPLY_MODE=async.*RQ"):
+    with pytest.raises(ValueError, match=r"RQ does not support Redis Cluster"):
         create_app(settings, memory=harness.memory)
+
+
+@pytest.fixture
+def split_roles(
+    redis_cluster: EmbeddedRedisCluster,
+    servers: ServerURLs,
+    fresh_database_url: str,
+    unique: str,
+    tmp_path: Path,
+) -> Iterator[AppHarness]:
+    """The memory cache on the cluster, the turn machinery and RQ on the single Redis."""
+    with app_harness(
+        redis_cluster.url,
+        fresh_database_url,
+        unique,
+        tmp_path,
+        cluster=True,
+        queue_redis_url=servers.redis_url,
+    ) as harness:
+        yield harness
+
+
+def test_async_mode_with_the_cache_on_the_cluster_and_the_queue_on_one_redis(
+    split_roles: AppHarness,
+) -> None:
+    harness = split_roles
+    app = harness.app(reply_mode="async")  # the offline model answers from the history
+    services = app.extensions["hybrid_memory"]
+    client = app.test_client()
+    assert isinstance(services.memory.cache.client, RedisCluster)
+    assert not isinstance(services.redis, RedisCluster)
+
+    first, second = form("my name is Barbara"), form("what is my name?")
+    assert replies(post_signed(client, first)) == []
+    assert replies(post_signed(client, second)) == []
+    run_worker(services, burst=True, with_scheduler=False)
+
+    assert harness.http.sent_bodies == [
+        "[offline model] Nice to meet you, Barbara! I will remember that.",
+        "[offline model] Your name is Barbara.",
+    ]
+    assert {r["data"]["To"] for r in harness.http.requests} == {SENDER}
+    assert {r["data"]["From"] for r in harness.http.requests} == {OUR_NUMBER}
+    assert all(ACCOUNT_SID in r["uri"] for r in harness.http.requests)
+    [conversation] = harness.rows("conversations")
+    # The conversation's cache list is on the cluster; its turn states on the queue Redis.
+    cached = services.memory.cache_state(conversation["id"])
+    assert cached is not None and len(cached.row_ids) == 4
+    cache_key = f"{harness.settings.redis_prefix}mem:{{{conversation['id']}}}"
+    assert harness.cache.exists(cache_key)
+    turn_keys = list(harness.redis.scan_iter(match=f"{harness.settings.redis_prefix}turn:*"))
+    assert len(turn_keys) == 2
+    assert not list(harness.cache.scan_iter(match=f"{harness.settings.redis_prefix}turn:*"))
+    ready = client.get("/readyz").get_json()
+    assert ready["checks"] == {
+        "postgres": "ok",
+        "migrations": "ok",
+        "redis": "ok",
+        "queue_redis": "ok",
+    }
 
 
 def test_redis_cluster_without_redis_url_is_refused(tmp_path: Path) -> None:

@@ -15,11 +15,9 @@ from langchain_core.messages import HumanMessage
 
 from app.console_auth import DEV_CONSOLE_TOKEN_FILE, console_credential
 from app.settings import Settings
-from tests.support import app_harness as app_support
 from tests.support.app_harness import AppHarness, fake_model, form, post_signed, replies
 from tests.support.console_data import CONSOLE_TOKEN, seed_conversation
 
-harness = app_support.harness  # the fixture, under its name in this module
 BEARER = {"Authorization": f"Bearer {CONSOLE_TOKEN}"}
 
 

@@ -19,7 +19,6 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     PUBLIC_BASE_URL,
     WEBHOOK,
@@ -29,8 +28,6 @@ from tests.support.app_harness import (
     signature,
 )
 from tests.support.console_data import CONSOLE_TOKEN, seed_conversation
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 
 def _chromium() -> str:

@@ -95,7 +95,7 @@ def test_eviction_policy_of_the_queue_redis(
     client.config_set("maxmemory-policy", "allkeys-lru")
     settings = _settings(fresh_database_url, private_servers.redis_url, tmp_path)
     inline = _by_name(run_checks(settings))["eviction"]
-    assert inline.status == "warn" and "allkeys-lru" in inline.detail
+    assert inline.status == "fail" and "allkeys-lru" in inline.detail  # serve refuses it
     assert "noeviction" in (inline.fix or "")
     asynchronous = _by_name(
         run_checks(

@@ -78,7 +78,7 @@ def world(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[FaultyWo
         yield FaultyWorld(app, memory, private_servers, engine, private_servers.redis_url)
     finally:
         private_servers.redis.resume()
-        app.extensions["hybrid_memory"].redis.close()
+        app.extensions["hybrid_memory"].close()
         memory.close()
         engine.dispose()
 
@@ -282,19 +282,26 @@ def test_a_webhook_during_a_redis_stall_is_answered_within_the_timeouts(
     assert post_signed(client, form("before")).status_code == 200
     fields = form("during the stall")
     world.servers.redis.pause()
-    resume = threading.Timer(30, world.servers.redis.resume)  # a bound, if all else fails
+    resumed_by_timer = threading.Event()
+
+    def resume_after_all() -> None:  # a bound, if no timeout works
+        resumed_by_timer.set()
+        world.servers.redis.resume()
+
+    resume = threading.Timer(30, resume_after_all)
     resume.start()
     try:
         started = time.monotonic()
         response = post_signed(client, fields)
         seconds = time.monotonic() - started
+        answered_during_the_stall = not resumed_by_timer.is_set()
         ready = client.get("/readyz").status_code
     finally:
         world.servers.redis.resume()
         resume.cancel()
 
     assert response.status_code == 200  # the apology: Redis is needed for the turn itself
-    assert seconds < 8, seconds  # 1 s + 0.25 s + 2 s of timeouts, on a loaded machine
+    assert answered_during_the_stall  # the timeouts ended it, not the end of the stall
     assert ready == 503
     with world.engine.connect() as conn:
         uids = conn.execute(sa.text("SELECT message_uid FROM messages")).scalars().all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,10 @@ def session(redis_client: redis.Redis) -> Iterator[str]:
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, argv: list[str], stdin: str = "") -> int:
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    # The CLI installs the app's log handler on the root logger, as a process would.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     return cli.main(argv)
 
 

@@ -1,5 +1,9 @@
 """POST /twilio/messages in inline mode, on real Redis and Postgres: signatures, bad input,
-memory across turns, exactly-once retries, failures and per-conversation ordering."""
+memory across turns, exactly-once retries, failures and per-conversation ordering.
+
+Every test runs twice: on a single Redis and on a real 3-master Redis Cluster (memory cache,
+turn states, conversation locks and rate limits all on the cluster).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,9 @@ import time
 
 import pytest
 
-from app.turns import split_reply
 from app.twilio_webhook import MEDIA_ONLY_REPLY
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    PUBLIC_BASE_URL,
+    ON_BOTH_REDIS_TOPOLOGIES,
     WEBHOOK,
     AppHarness,
     fake_model,
@@ -26,7 +26,7 @@ from tests.support.app_harness import (
     signature,
 )
 
-harness = app_support.harness  # the fixture, under its name in this module
+pytestmark = ON_BOTH_REDIS_TOPOLOGIES
 
 
 def test_signed_messages_get_replies_that_remember_earlier_turns(harness: AppHarness) -> None:
@@ -315,22 +315,12 @@ def test_behind_a_trusted_proxy_the_forwarded_public_url_is_verified(harness: Ap
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": "public.example.org",
     }
-    trusting = harness.app(fake_model(), public_base_url=None, trusted_proxy_hops=1)
-    not_trusting = harness.app(fake_model(), public_base_url=None, trusted_proxy_hops=0)
+    public_host = {"public_base_url": None, "public_hosts": ("public.example.org",)}
+    trusting = harness.app(fake_model(), trusted_proxy_hops=1, **public_host)
+    not_trusting = harness.app(fake_model(), trusted_proxy_hops=0, **public_host)
 
     assert not_trusting.test_client().post(WEBHOOK, data=fields, headers=headers).status_code == 403
     assert trusting.test_client().post(WEBHOOK, data=fields, headers=headers).status_code == 200
-
-
-def test_account_and_token_constants_are_what_the_tests_sign_with() -> None:
-    # Guards the helpers: a signature made here must verify with the token the app is given.
-    fields = form("x")
-    from twilio.request_validator import RequestValidator
-
-    assert RequestValidator(AUTH_TOKEN).validate(
-        PUBLIC_BASE_URL + WEBHOOK, fields, signature(fields)
-    )
-    assert fields["AccountSid"] == ACCOUNT_SID
 
 
 def test_a_retry_while_the_reply_is_still_being_produced_is_acked(harness: AppHarness) -> None:
@@ -360,19 +350,6 @@ def test_a_retry_while_the_reply_is_still_being_produced_is_acked(harness: AppHa
     assert harness.message_uids() == [fields["MessageSid"], fields["MessageSid"] + ":1"]
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("short", ["short"]),
-        ("", []),
-        ("a" * 3300, ["a" * 1600, "a" * 1600, "a" * 100]),  # one long word is cut
-        ("x" * 1000 + "\n" + "y" * 1000, ["x" * 1000, "y" * 1000]),  # at the line break
-    ],
-)
-def test_split_reply(text: str, expected: list[str]) -> None:
-    assert split_reply(text) == expected
-
-
 def test_a_trusted_proxys_path_prefix_is_part_of_the_signed_url(harness: AppHarness) -> None:
     fields = form("hi")
     public = "https://public.example.org/bot" + WEBHOOK
@@ -382,6 +359,11 @@ def test_a_trusted_proxys_path_prefix_is_part_of_the_signed_url(harness: AppHarn
         "X-Forwarded-Host": "public.example.org",
         "X-Forwarded-Prefix": "/bot",
     }
-    app = harness.app(fake_model(), public_base_url=None, trusted_proxy_hops=1)
+    app = harness.app(
+        fake_model(),
+        public_base_url=None,
+        public_hosts=("public.example.org",),
+        trusted_proxy_hops=1,
+    )
 
     assert app.test_client().post(WEBHOOK, data=fields, headers=headers).status_code == 200

@@ -27,7 +27,6 @@ from app.commands import migrate_database
 from app.settings import Settings
 from app.worker import recover_stalled_turns, run_worker
 from lc_hybrid_memory import sync_url
-from tests.support import app_harness as app_support
 from tests.support.app_harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -158,9 +157,6 @@ def test_a_worker_killed_mid_turn_is_recovered_and_the_turn_runs_exactly_once(
 def _conversation(engine: sa.Engine) -> str:
     with engine.connect() as conn:
         return str(conn.execute(sa.text("SELECT id FROM conversations")).scalar_one())
-
-
-harness = app_support.harness  # the fixture, under its name in this module
 
 
 def test_recovery_picks_only_stalled_conversations_and_enqueues_once(

@@ -1,8 +1,9 @@
 """Shared pieces of the app tests: signed webhooks, a counting fake model, a capturing Twilio
-HTTP client, and an app on its own migrated database, Redis prefix and RQ queue.
+HTTP client, and an app on its own migrated database, Redis prefix and RQ queue (the
+``harness`` fixture of ``tests/app/conftest.py`` builds one per test).
 
-Everything runs on the session's real Redis and Postgres (see ``conftest.py``); nothing is
-flushed, so the tests also run against shared servers.
+Everything runs on the session's real Redis and Postgres (see ``tests/conftest.py``); nothing
+is flushed, so the tests also run against shared servers.
 """
 
 from __future__ import annotations
@@ -34,18 +35,24 @@ from twilio.request_validator import RequestValidator
 from werkzeug.test import TestResponse
 
 from app import create_app
-from app.agent import ChatAgent
-from app.commands import migrate_database, twilio_form, twiml_messages
-from app.settings import Settings
+from app.agent import ChatAgent, Wiring
+from app.commands import migrate_database
+from app.settings import WEBHOOK_PATH, Settings
+from app.webhook_client import DEV_SENDER, DEV_SERVICE_NUMBER, twilio_form, twiml_messages
 from app.wiring import Services
 from lc_hybrid_memory import HybridMemory, sync_url
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "1" * 32
 PUBLIC_BASE_URL = "https://bot.example.com"
-WEBHOOK = "/twilio/messages"
-SENDER = "+15550001111"
-OUR_NUMBER = "+15550002222"
+WEBHOOK = WEBHOOK_PATH
+SENDER = DEV_SENDER
+OUR_NUMBER = DEV_SERVICE_NUMBER
+
+# Parametrisations of the ``harness`` fixture (tests/app/conftest.py) by the Redis it runs on.
+REDIS_TOPOLOGIES = ("redis", "redis-cluster")
+ON_BOTH_REDIS_TOPOLOGIES = pytest.mark.parametrize("harness", REDIS_TOPOLOGIES, indirect=True)
+ON_REDIS_CLUSTER = pytest.mark.parametrize("harness", ["redis-cluster"], indirect=True)
 
 
 def new_sid() -> str:
@@ -115,6 +122,7 @@ class CapturingTwilioHttp(HttpClient):
         super().__init__(logging.getLogger("test.twilio"), is_async=False)
         self.requests: list[dict[str, Any]] = []
         self.status = status
+        self.error_message = "invalid 'To' number"  # what an error answer says
         self.lock = threading.Lock()
 
     def request(
@@ -123,7 +131,7 @@ class CapturingTwilioHttp(HttpClient):
         with self.lock:
             self.requests.append({"method": method, "uri": uri, "data": dict(data or {})})
         if self.status >= 400:
-            error = {"code": 21211, "message": "invalid 'To' number", "status": self.status}
+            error = {"code": 21211, "message": self.error_message, "status": self.status}
             return TwilioResponse(self.status, json.dumps(error))
         message = {
             "sid": new_sid(),
@@ -142,21 +150,28 @@ class CapturingTwilioHttp(HttpClient):
 
 @dataclass
 class AppHarness:
-    """Builds apps on one migrated database, Redis prefix and queue (one per test)."""
+    """Builds apps on one migrated database, Redis prefix and queue (one per test).
+
+    ``redis`` is a client of the queue Redis (turn states, locks, jobs), ``cache`` one of the
+    memory's Redis; they are one server unless the harness was given a ``queue_redis_url``.
+    """
 
     settings: Settings
     memory: HybridMemory
     engine: sa.Engine
     redis: redis.Redis | RedisCluster
+    cache: redis.Redis | RedisCluster
     http: CapturingTwilioHttp
     built: list[Services] = field(default_factory=list)
 
-    def app(self, model: Any = None, **changes: Any) -> Flask:
+    def app(
+        self, model: Any = None, *, wiring: Wiring = "runnable_with_history", **changes: Any
+    ) -> Flask:
         """An app (inline mode unless ``reply_mode="async"``) whose agent uses ``model``."""
         from twilio.rest import Client
 
         settings = replace(self.settings, **changes)
-        agent = ChatAgent(self.memory, settings, model=model)
+        agent = ChatAgent(self.memory, settings, model=model, wiring=wiring)
         twilio_client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=self.http)
         app = create_app(settings, memory=self.memory, agent=agent, twilio_client=twilio_client)
         app.config["TESTING"] = True
@@ -196,15 +211,18 @@ def app_harness(
     data_dir: Path,
     *,
     cluster: bool = False,
+    queue_redis_url: str | None = None,
 ) -> Iterator[AppHarness]:
     """An :class:`AppHarness` on ``database_url`` (migrated here) and the Redis (or, with
-    ``cluster``, the Redis Cluster) at ``redis_url``; its keys and jobs are removed after."""
+    ``cluster``, the Redis Cluster) at ``redis_url`` — for the turn machinery too, unless
+    ``queue_redis_url`` names a single Redis for it; its keys and jobs are removed after."""
     migrate_database(database_url)
     settings = signed_app_settings(
         database_url,
         redis_url,
         data_dir,
         redis_cluster=cluster,
+        queue_redis_url=queue_redis_url,
         redis_prefix=f"test:{unique}:",
         queue_name=f"test-turns-{unique}",
         lock_ttl_seconds=5,
@@ -217,13 +235,14 @@ def app_harness(
         cluster=cluster,
     )
     engine = sa.create_engine(sync_url(database_url))
-    client = RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
-    harness = AppHarness(settings, memory, engine, client, CapturingTwilioHttp())
+    cache = RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
+    queue_client = redis.Redis.from_url(queue_redis_url) if queue_redis_url else cache
+    harness = AppHarness(settings, memory, engine, queue_client, cache, CapturingTwilioHttp())
     try:
         yield harness
     finally:
         for services in harness.built:
-            if not cluster:  # RQ needs a single Redis: on a cluster nothing was enqueued
+            if not settings.queue_on_cluster:  # RQ needs a single Redis: else nothing enqueued
                 queue = services.queue
                 for registry in (
                     queue.failed_job_registry,
@@ -234,17 +253,11 @@ def app_harness(
                         registry.remove(job_id, delete_job=True)
                 queue.delete(delete_jobs=True)
             services.redis.close()
+            services.conversations.close()
         memory.close()
         engine.dispose()
-        keys = list(client.scan_iter(match=f"test:{unique}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
-@pytest.fixture
-def harness(
-    servers: Any, fresh_database_url: str, unique: str, tmp_path: Path
-) -> Iterator[AppHarness]:
-    with app_harness(servers.redis_url, fresh_database_url, unique, tmp_path) as harness:
-        yield harness
+        for client in {id(c): c for c in (cache, queue_client)}.values():
+            keys = list(client.scan_iter(match=f"test:{unique}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
