@@ -20,7 +20,6 @@ from redis.cluster import RedisCluster
 from app import create_app, rate_limit_storage
 from app.settings import Settings
 from app.wiring import build_services
-from lc_hybrid_memory.embedded import EmbeddedRedisCluster
 from tests.app.test_webhook import *  # noqa: F403  (the inline suite re-run on the cluster)
 from tests.support.app_harness import (
     AppHarness,
@@ -30,6 +29,7 @@ from tests.support.app_harness import (
     post_signed,
     replies,
 )
+from tests.support.redis_cluster import EmbeddedRedisCluster
 
 
 @pytest.fixture(scope="module")

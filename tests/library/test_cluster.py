@@ -14,9 +14,9 @@ from langchain_core.messages import HumanMessage
 from redis.cluster import RedisCluster
 
 from lc_hybrid_memory import HybridMemory
-from lc_hybrid_memory.embedded import EmbeddedRedisCluster
 from tests.library.test_history import *  # noqa: F403  (the suite re-run on the cluster)
 from tests.support.memory_checks import assert_cache_is_tail
+from tests.support.redis_cluster import EmbeddedRedisCluster
 from tests.support.servers import MemoryFactory
 
 
