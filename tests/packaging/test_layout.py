@@ -1,0 +1,64 @@
+"""The two distributions' declared contents match the tree (fast; the built wheels are checked
+in ``test_distributions.py``): every package of ``app/`` and every data file it ships is listed
+in ``app/pyproject.toml``, and the library's distribution is the ``lc_hybrid_memory`` package
+only."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "app"
+SKIPPED = {"__pycache__", "build", "dist"}
+
+
+def app_config() -> dict:
+    return tomllib.loads((APP / "pyproject.toml").read_text())
+
+
+def app_files() -> list[Path]:
+    return [
+        path
+        for path in APP.rglob("*")
+        if path.is_file()
+        and not any(part in SKIPPED or part.endswith(".egg-info") for part in path.parts)
+    ]
+
+
+def test_every_app_folder_with_python_is_a_listed_package() -> None:
+    setuptools = app_config()["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"app": "."}
+    folders = {path.parent for path in app_files() if path.suffix == ".py"}
+    names = {".".join(("app", *folder.relative_to(APP).parts)) for folder in folders}
+    assert names == set(setuptools["packages"])
+
+
+def test_every_app_data_file_is_shipped() -> None:
+    setuptools = app_config()["tool"]["setuptools"]
+    shipped: set[Path] = set()
+    for package, patterns in setuptools["package-data"].items():
+        root = APP.joinpath(*package.split(".")[1:])
+        for pattern in patterns:
+            shipped |= {root / p for p in glob.glob(pattern, root_dir=root, recursive=True)}
+    data = {
+        p for p in app_files() if p.suffix not in (".py", ".pyc") and p.name != "pyproject.toml"
+    }
+    assert data - shipped == set()
+
+
+def test_the_library_distribution_is_the_library_package_only() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = config["project"]
+    assert "scripts" not in project and "entry-points" not in project
+    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == [
+        "lc_hybrid_memory",
+        "lc_hybrid_memory.*",
+    ]
+    assert isinstance(project["license"], str)  # an SPDX expression, as setuptools wants now
+    extras = project["optional-dependencies"]
+    assert {"embedded", "langgraph", "prometheus"} <= set(extras)
+    web = ("flask", "twilio", "rq", "gunicorn")
+    assert not [req for reqs in extras.values() for req in reqs if req.startswith(web)]
