@@ -9,10 +9,13 @@ DATA_DIR ?= $(or $(HYBRID_MEMORY_DATA_DIR),.data)
 SHELL       := bash
 .SHELLFLAGS := -eo pipefail -c
 
-# pip's "Collecting <package>" lines as a numbered list: progress without pip's full chatter
-# (errors and warnings still reach the terminal on stderr).
+# pip's output, kept whole in $(INSTALL_LOG), shown as its "Collecting <package>" lines numbered
+# (progress without pip's chatter) and its errors; the log's tail is shown if pip fails.
+INSTALL_LOG := $(VENV)/install.log
 PROGRESS := awk '/^Collecting / { n++; printf "  %3d  %s\n", n, $$2; fflush() } \
-                 /^Successfully installed/ { print "  installed."; fflush() }'
+                 /^ERROR/ { print; fflush() } \
+                 /^Successfully installed/ { printf "  done: %d installed\n", NF - 2; fflush() }'
+PIP_INSTALL = $(BIN)/python -m pip install --progress-bar off
 
 .PHONY: venv run test package-test lint bench reliability chat reset clean
 
@@ -22,9 +25,11 @@ $(STAMP): pyproject.toml app/pyproject.toml
 	@echo "==> Setting up $(VENV): the library, the Twilio app and the test tools"
 	@echo "    (about a minute the first time; pip's cache makes it faster afterwards)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --upgrade pip | $(PROGRESS)
-	@$(BIN)/python -m pip install -e '.[embedded,prometheus]' -e './app[embedded]' --group dev \
-		| $(PROGRESS)
+	@: > $(INSTALL_LOG)
+	@{ $(PIP_INSTALL) --upgrade pip \
+	  && $(PIP_INSTALL) -e '.[embedded,prometheus]' -e './app[embedded]' --group dev; } 2>&1 \
+	  | tee -a $(INSTALL_LOG) | $(PROGRESS) \
+	  || { echo "pip failed; its full output: $(INSTALL_LOG)" >&2; tail -n 25 $(INSTALL_LOG) >&2; exit 1; }
 	@touch $(STAMP)
 	@echo "==> $(VENV) ready"
 
