@@ -17,17 +17,18 @@ PROGRESS := awk '/^Collecting / { n++; printf "  %3d  %s\n", n, $$2; fflush() } 
                  /^Successfully installed/ { printf "  done: %d installed\n", NF - 2; fflush() }'
 PIP_INSTALL = $(BIN)/python -m pip install --progress-bar off
 
-.PHONY: venv run test package-test lint bench reliability chat reset clean
+.PHONY: venv run test package-test lint bench bench-recall reliability chat reset clean
 
-# The library (editable, with the embedded servers and Prometheus) and the app's own
-# distribution (app/pyproject.toml, editable), plus the development tools.
+# The library (editable, with the embedded servers, semantic recall's offline embedder and
+# Prometheus) and the app's own distribution (app/pyproject.toml, editable), plus the
+# development tools.
 $(STAMP): pyproject.toml app/pyproject.toml
 	@echo "==> Setting up $(VENV): the library, the Twilio app and the test tools"
 	@echo "    (about a minute the first time; pip's cache makes it faster afterwards)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@: > $(INSTALL_LOG)
 	@{ $(PIP_INSTALL) --upgrade pip \
-	  && $(PIP_INSTALL) -e '.[embedded,prometheus]' -e './app[embedded]' --group dev; } 2>&1 \
+	  && $(PIP_INSTALL) -e '.[embedded,prometheus,recall]' -e './app[embedded]' --group dev; } 2>&1 \
 	  | tee -a $(INSTALL_LOG) | $(PROGRESS) \
 	  || { echo "pip failed; its full output: $(INSTALL_LOG)" >&2; tail -n 25 $(INSTALL_LOG) >&2; exit 1; }
 	@touch $(STAMP)
@@ -58,6 +59,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --group bench
 	$(BIN)/python -m bench
+
+bench-recall: $(STAMP)
+	$(BIN)/python -m bench.recall
 
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout 900

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response
+from flask import Flask, Response, g
 from flask_limiter import Limiter
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     ``overrides`` go to :func:`app.wiring.build_services` (tests pass ``memory``, ``agent``
     and ``twilio_client``); without them storage, agent and model come from ``settings``.
     """
-    from . import health, twilio_webhook
+    from . import console, health, twilio_webhook
     from .wiring import build_services
 
     settings = settings or Settings.from_env()
@@ -80,6 +80,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     app.register_blueprint(twilio_webhook.create_blueprint(settings, limiter))
     app.register_blueprint(health.create_blueprint(services))
+    console.register(app, services)
+
+    @app.after_request
+    def conversation_header(response: Response) -> Response:
+        # Which conversation a webhook reached: `hybrid-memory send` prints it (Twilio ignores it).
+        conversation_id = g.get("conversation_id")
+        if conversation_id:
+            response.headers["X-Conversation-Id"] = conversation_id
+        return response
 
     @app.errorhandler(HTTPException)
     def short_http_error(error: HTTPException) -> Response:

@@ -4,11 +4,15 @@
 agent is LangGraph's current constructor (``langchain.agents.create_agent``) with the tools of
 :mod:`app.tools` and the model of :mod:`app.chat_models`. Two wirings of the memory, same storage:
 
-* ``wiring="runnable_with_history"`` (default, what the issue asks for): the graph wrapped by
-  :func:`lc_hybrid_memory.langgraph.agent_turn` inside ``RunnableWithMessageHistory`` whose
-  session factory is ``memory.history``.
+* ``wiring="runnable_with_history"`` (default; the product is built around it): the graph
+  wrapped by :func:`lc_hybrid_memory.langgraph.agent_turn` inside ``RunnableWithMessageHistory``,
+  whose history is the turn's own :class:`TurnHistory`.
 * ``wiring="middleware"``: the native :class:`lc_hybrid_memory.langgraph.HybridMemoryMiddleware`,
   no deprecated wrapper (the way forward past LangChain 2.0).
+
+Both make one pass over the same steps, in one direction: read the window and make the input
+durable (``load_turn``), split the history around the input (``plan_turn``, once), run the
+model and tools, store the turn's new messages (one write), return the answer.
 
 Message ids
 -----------
@@ -52,11 +56,11 @@ from langchain_core.runnables.history import RunnableWithMessageHistory
 from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.langgraph import (
     HybridMemoryMiddleware,
-    TurnPlan,
-    abegin_turn,
+    LoadedTurn,
     agent_turn,
-    begin_turn,
+    aload_turn,
     is_turn_message,
+    load_turn,
     turn_message_ids,
 )
 
@@ -66,6 +70,7 @@ from .tools import default_tools
 
 __all__ = [
     "ChatAgent",
+    "TurnHistory",
     "TurnIncompleteError",
     "TurnResult",
     "Wiring",
@@ -93,65 +98,96 @@ class TurnIncompleteError(RuntimeError):
     """The agent finished but the turn's write was never attempted (a wiring bug, not I/O)."""
 
 
-@dataclass
-class _Turn:
-    """What one ``run_turn`` shares with the history object ``RunnableWithMessageHistory`` uses.
+class TurnHistory(BaseChatMessageHistory):
+    """The storage of one turn, as ``RunnableWithMessageHistory`` uses a history: read once,
+    written once.
 
-    ``RunnableWithMessageHistory`` builds the history per call and writes it in a callback
-    listener that swallows exceptions; this record carries the planned turn in and the
-    outcome of the write back out.
+    :meth:`ChatAgent.run_turn` builds it for its input and hands it to the wrapper (the
+    ``turn_history`` field of the session factory), so nothing about the turn travels any other
+    way. The wrapper reads it before the agent runs: :func:`~lc_hybrid_memory.langgraph.load_turn`
+    (the window, the input made durable first). It writes it after the agent: only what the
+    read did not already hold goes to the memory, in one call, and the outcome is kept here for
+    :meth:`result` — the wrapper's listener would only log a failed write.
     """
 
-    plan: TurnPlan
-    stored: list[BaseMessage] | None = None
-    error: BaseException | None = None
-
-
-class _TurnHistory(BaseChatMessageHistory):
-    """``memory.history(session_id)`` for one turn: serves the context already read, skips the
-    input already stored, and records the outcome of the write instead of letting the
-    wrapper's listener swallow it."""
-
-    def __init__(self, memory: HybridMemory, session_id: str, turn: _Turn) -> None:
+    def __init__(
+        self,
+        memory: HybridMemory,
+        session_id: str,
+        inputs: Sequence[BaseMessage],
+        window: int | None,
+    ) -> None:
         self.memory = memory
         self.session_id = session_id
-        self.turn = turn
+        self.inputs = list(inputs)
+        self.window = window
+        self.loaded: LoadedTurn | None = None
+        self.stored: list[BaseMessage] | None = None
+        self.error: Exception | None = None
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        return list(self.turn.plan.context)
+        if self.loaded is None:
+            self.loaded = load_turn(self.memory, self.session_id, self.inputs, self.window)
+        return list(self.loaded.history)
 
     async def aget_messages(self) -> list[BaseMessage]:
-        return list(self.turn.plan.context)
+        if self.loaded is None:
+            self.loaded = await aload_turn(self.memory, self.session_id, self.inputs, self.window)
+        return list(self.loaded.history)
 
-    def _new(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-        durable = {m.id for m in self.turn.plan.inputs}
-        return [m for m in messages if m.id not in durable]
+    def _held(self) -> set[str | None]:
+        """Ids already in storage: what the read returned, and the input it made durable."""
+        history = self.loaded.history if self.loaded is not None else []
+        return {m.id for m in history} | {m.id for m in self.inputs}
 
-    def _record(self, messages: list[BaseMessage], flags: list[bool]) -> None:
-        produced = [m for m, new in zip(messages, flags, strict=True) if new]
-        self.turn.stored = [*self.turn.plan.written, *produced]
+    def _unsaved(self, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        held = self._held()
+        return [m for m in messages if m.id not in held]
+
+    def _record(self, new: list[BaseMessage], flags: list[bool]) -> None:
+        produced = [m for m, was_new in zip(new, flags, strict=True) if was_new]
+        written = self.loaded.written if self.loaded is not None else []
+        self.stored = [*written, *produced]
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        new = self._new(messages)
+        new = self._unsaved(messages)
         try:
-            flags = self.memory.add_messages(self.session_id, new)
-        except BaseException as exc:
-            self.turn.error = exc
-            raise
+            flags = self.memory.add_messages(self.session_id, new) if new else []
+        except Exception as exc:  # raised by result(), not logged and dropped by the wrapper
+            self.error = exc
+            return
         self._record(new, flags)
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
-        new = self._new(messages)
+        new = self._unsaved(messages)
         try:
-            flags = await self.memory.aadd_messages(self.session_id, new)
-        except BaseException as exc:
-            self.turn.error = exc
-            raise
+            flags = await self.memory.aadd_messages(self.session_id, new) if new else []
+        except Exception as exc:
+            self.error = exc
+            return
         self._record(new, flags)
 
     def clear(self) -> None:
         self.memory.clear(self.session_id)
+
+    def result(self, output: Sequence[BaseMessage]) -> TurnResult:
+        """The turn's outcome from the agent's ``output``; raises what the write raised."""
+        if self.error is not None:
+            raise self.error
+        if self.loaded is None or self.stored is None:
+            raise TurnIncompleteError("the turn finished but its messages were never written")
+        # A complete turn is answered from storage: everything the agent returned was held.
+        history = {m.id for m in self.loaded.history}
+        replayed = bool(output) and all(m.id in history for m in output)
+        return TurnResult(reply=_reply_text(output), new_messages=self.stored, replayed=replayed)
+
+
+def _turn_history(session_id: str, turn_history: TurnHistory) -> TurnHistory:
+    """The wrapper's session factory: a turn brings its own history."""
+    if turn_history.session_id != session_id:
+        raise ValueError("the turn's history belongs to another session")
+    return turn_history
 
 
 class ChatAgent:
@@ -195,55 +231,45 @@ class ChatAgent:
                 # Deliberate: the issue asks for this wiring; the middleware is the successor.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.chain = RunnableWithMessageHistory(
-                    agent_turn(self.graph),
-                    self._session_history,
+                    agent_turn(self.graph, window=self.window),
+                    _turn_history,
                     input_messages_key="messages",
                     history_messages_key="history",
                     history_factory_config=[
                         ConfigurableFieldSpec(id="session_id", annotation=str, is_shared=True),
-                        ConfigurableFieldSpec(id="turn", annotation=Any, is_shared=True),
+                        ConfigurableFieldSpec(
+                            id="turn_history", annotation=TurnHistory, is_shared=True
+                        ),
                     ],
                 )
 
-    def _session_history(self, session_id: str, turn: _Turn) -> BaseChatMessageHistory:
-        return _TurnHistory(self.memory, session_id, turn)
+    def _start(
+        self, session_id: str, text: str, message_id: str | None
+    ) -> tuple[HumanMessage, RunnableConfig, TurnHistory | None]:
+        """The turn's input, the run's config and (wrapper wiring) the turn's history."""
+        human = HumanMessage(text, id=message_id or uuid.uuid4().hex)
+        configurable: dict[str, Any] = {"session_id": session_id}
+        history = None
+        if self.chain is not None:
+            history = TurnHistory(self.memory, session_id, [human], self.window)
+            configurable["turn_history"] = history
+        return human, {"configurable": configurable}, history
 
     def run_turn(self, session_id: str, text: str, *, message_id: str | None = None) -> TurnResult:
         """Answer ``text`` in conversation ``session_id`` and store the turn (see module doc)."""
-        human = HumanMessage(text, id=message_id or uuid.uuid4().hex)
-        config: RunnableConfig = {"configurable": {"session_id": session_id}}
-        if self.chain is None:
+        human, config, history = self._start(session_id, text, message_id)
+        if self.chain is None or history is None:
             return self._from_state(self.graph.invoke({"messages": [human]}, config))
-        plan = begin_turn(self.memory, session_id, [human], self.window)
-        if plan.reply is not None:
-            return TurnResult(reply=plan.reply.text, new_messages=[], replayed=True)
-        turn = _Turn(plan)
-        config["configurable"]["turn"] = turn
-        return self._checked(turn, self.chain.invoke({"messages": [human]}, config))
+        return history.result(self.chain.invoke({"messages": [human]}, config))
 
     async def arun_turn(
         self, session_id: str, text: str, *, message_id: str | None = None
     ) -> TurnResult:
         """Async :meth:`run_turn`."""
-        human = HumanMessage(text, id=message_id or uuid.uuid4().hex)
-        config: RunnableConfig = {"configurable": {"session_id": session_id}}
-        if self.chain is None:
+        human, config, history = self._start(session_id, text, message_id)
+        if self.chain is None or history is None:
             return self._from_state(await self.graph.ainvoke({"messages": [human]}, config))
-        plan = await abegin_turn(self.memory, session_id, [human], self.window)
-        if plan.reply is not None:
-            return TurnResult(reply=plan.reply.text, new_messages=[], replayed=True)
-        turn = _Turn(plan)
-        config["configurable"]["turn"] = turn
-        return self._checked(turn, await self.chain.ainvoke({"messages": [human]}, config))
-
-    @staticmethod
-    def _checked(turn: _Turn, output: list[BaseMessage]) -> TurnResult:
-        # RunnableWithMessageHistory logs and swallows a failed write: surface it here.
-        if turn.error is not None:
-            raise turn.error
-        if turn.stored is None:
-            raise TurnIncompleteError("the turn finished but its messages were never written")
-        return TurnResult(reply=_reply_text(output), new_messages=turn.stored, replayed=False)
+        return history.result(await self.chain.ainvoke({"messages": [human]}, config))
 
     @staticmethod
     def _from_state(state: dict[str, Any]) -> TurnResult:

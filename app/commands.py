@@ -5,23 +5,24 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 from .observability import configure_logging
+from .schema_status import MIGRATIONS_DIR, quiet_alembic
 from .settings import Settings
 from .wiring import StorageURLs, storage_urls
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WEBHOOK_PATH = "/twilio/messages"  # same as app.twilio_webhook.WEBHOOK_PATH (lighter import)
 
 
@@ -56,11 +57,10 @@ def migrate_database(database_url: str, revision: str = "head") -> None:
 
     Safe to run from several processes at once (the migration environment takes a lock).
     """
+    quiet_alembic()  # before the import: that is when it announces its plugins
     from alembic import command
     from alembic.config import Config
 
-    # Alembic's plugin set-up chatter is not news at every start.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -112,34 +112,100 @@ def serve(
     production: bool = False,
     workers: int = 2,
 ) -> int:
-    """Run the webhook app: Flask's server (dev) or gunicorn (``--production``)."""
+    """Run the webhook app: Flask's server (dev) or gunicorn (``--production``).
+
+    Before anything starts: the port must be free, Postgres reachable and migrated (unless
+    AUTO_MIGRATE migrates it); an unreachable Redis is reported and the app starts (the memory
+    serves from Postgres meanwhile). "serving on" is printed once the port is bound.
+    """
     if production and not (settings.database_url and settings.redis_url):
         # The embedded servers belong to the process that started them; gunicorn's forked
         # workers would inherit (and on exit run) their shutdown. Production has real servers.
         logger.error("--production needs DATABASE_URL and REDIS_URL (embedded servers are for dev)")
         return 2
-    settings, urls = _resolved(settings)
     host = host or settings.host
     port = port or settings.port
+    busy = port_problem(host, port)
+    if busy:  # before the embedded servers start: say it at once
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
+    settings, urls = _resolved(settings)
+    from .startup_checks import storage_problems
+
+    errors, warnings = storage_problems(urls, cluster=settings.redis_cluster)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     if settings.reply_mode == "async" and urls.embedded:
         # `make run` with REST credentials: the async mode needs a worker; start one here.
         _spawn_worker(settings)
-    logger.info(
-        "serving POST %s on http://%s:%d (%s replies); try: hybrid-memory send 'hello'",
-        WEBHOOK_PATH,
-        host,
-        port,
-        settings.reply_mode,
-    )
     if production:
-        return _serve_gunicorn(settings, host, port, workers)
+        return _serve_gunicorn(settings, host, port, workers, urls)
     # SIGTERM (docker stop, kill) exits like Ctrl-C, so atexit stops the embedded servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from werkzeug.serving import make_server
+
     from . import create_app
 
     app = create_app(settings)
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as exc:  # taken meanwhile
+        print(f"error: {port_problem(host, port, exc) or exc}", file=sys.stderr)
+        return 2
+    print(serving_banner(settings, urls, host, server.port), flush=True)
+    server.serve_forever()  # Ctrl-C ends it (and closes the socket)
     return 0
+
+
+def port_problem(host: str, port: int, error: OSError | None = None) -> str | None:
+    """Why the app cannot listen on ``host:port`` (with the setting that changes it), or None."""
+    if error is None:
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            return None
+        except OSError as exc:
+            error = exc
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another `hybrid-memory serve`?). "
+            f"Fix: choose another port: PORT={port + 1} make run, or "
+            f"hybrid-memory serve --port {port + 1}"
+        )
+    if error.errno == errno.EACCES:
+        return f"not allowed to listen on port {port}. Fix: use a port above 1023 (PORT=5000)"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return f"cannot listen on {host}: no such local address. Fix: HOST=127.0.0.1 or 0.0.0.0"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
+
+
+def serving_banner(settings: Settings, urls: StorageURLs, host: str, port: int) -> str:
+    """What ``serve`` prints once it listens: the URLs, how to try it and how to stop."""
+    from .console_auth import DEV_CONSOLE_TOKEN_FILE, console_credential
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    base = f"http://{shown}:{port}"
+    lines = [
+        f"serving on {base} ({settings.reply_mode} replies) — Ctrl-C to stop",
+        f"  webhook:  POST {base}{WEBHOOK_PATH}   try: hybrid-memory send 'hello'",
+    ]
+    credential = console_credential(settings, embedded=urls.embedded)
+    if credential is None:
+        lines.append("  console:  off (set CONSOLE_TOKEN to turn it on)")
+    elif credential.dev:
+        where = settings.data_dir / DEV_CONSOLE_TOKEN_FILE
+        lines.append(f"  console:  {base}/console/   dev token: {credential.token}  ({where})")
+    else:
+        lines.append(f"  console:  {base}/console/   (sign in with CONSOLE_TOKEN)")
+    if urls.embedded:
+        lines.append(f"  data:     embedded Redis + Postgres under {settings.data_dir}")
+    return "\n".join(lines)
 
 
 def _spawn_worker(settings: Settings) -> None:
@@ -159,7 +225,9 @@ def _spawn_worker(settings: Settings) -> None:
     atexit.register(stop)
 
 
-def _serve_gunicorn(settings: Settings, host: str, port: int, workers: int) -> int:
+def _serve_gunicorn(
+    settings: Settings, host: str, port: int, workers: int, urls: StorageURLs
+) -> int:
     from gunicorn.app.base import BaseApplication
 
     class Application(BaseApplication):  # type: ignore[misc]
@@ -174,6 +242,10 @@ def _serve_gunicorn(settings: Settings, host: str, port: int, workers: int) -> i
                 "timeout": 60,
                 "graceful_timeout": 30,
                 "accesslog": "-",
+                # Printed by the arbiter once it listens, not before.
+                "when_ready": lambda _: print(
+                    serving_banner(settings, urls, host, port), flush=True
+                ),
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
@@ -200,12 +272,14 @@ def send(
     to: str = "+15550002222",
     timeout: float = 30.0,
 ) -> int:
-    """Post ``text`` as a correctly signed Twilio webhook to a running app; print the reply."""
+    """Post ``text`` as a correctly signed Twilio webhook to a running app; print the reply (and,
+    on stderr, the conversation it reached)."""
     import requests
     from twilio.request_validator import RequestValidator
 
     from .wiring import webhook_auth_token
 
+    local = url is None
     if url is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         url = f"http://{host}:{settings.port}{WEBHOOK_PATH}"
@@ -217,11 +291,27 @@ def send(
         response = requests.post(
             url, data=form, headers={"X-Twilio-Signature": signature}, timeout=timeout
         )
+    except requests.ConnectionError:
+        if local:
+            print(
+                f"error: no app answers at {url}. Fix: start one (make run, or "
+                "hybrid-memory serve in another terminal), or pass --url",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: could not connect to {url}. Fix: check the URL", file=sys.stderr)
+        return 1
     except requests.RequestException as exc:
-        print(f"could not reach {url}: {exc}", file=sys.stderr)
+        print(f"error: no answer from {url}: {type(exc).__name__}", file=sys.stderr)
         return 1
     if response.status_code != 200:
         print(f"HTTP {response.status_code}: {response.text.strip()}", file=sys.stderr)
+        if response.status_code == 403 and local:
+            print(
+                "(the app checks signatures with TWILIO_AUTH_TOKEN, or the dev token in its data "
+                "directory: run send with the same settings as serve)",
+                file=sys.stderr,
+            )
         return 1
     replies = twiml_messages(response.text)
     for reply in replies:
@@ -229,6 +319,12 @@ def send(
     if not replies:
         print(
             "(no reply in the response: in async mode it goes out through the Twilio API)",
+            file=sys.stderr,
+        )
+    conversation_id = response.headers.get("X-Conversation-Id")
+    if conversation_id:
+        print(
+            f"(conversation {conversation_id}: hybrid-memory show {conversation_id})",
             file=sys.stderr,
         )
     return 0

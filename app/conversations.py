@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -76,6 +77,51 @@ class Conversation:
     @property
     def service_address(self) -> str:
         return Address(self.channel, self.service_number).twilio()
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """A conversation as an operator lists it."""
+
+    id: str
+    channel: str
+    contact: str
+    service_number: str
+    profile_name: str | None
+    created_at: datetime
+    last_message_at: datetime  # the last inbound message (the webhook touches it)
+
+    @property
+    def cursor(self) -> str:
+        """Where the next page (the conversations active before this one) starts."""
+        return f"{self.last_message_at.isoformat()}|{self.id}"
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """``(last_message_at, id)`` of a :attr:`ConversationRow.cursor`; ValueError if malformed."""
+    at, sep, conversation_id = cursor.partition("|")
+    if not sep or not conversation_id:
+        raise ValueError(f"malformed page cursor {cursor!r}")
+    moment = datetime.fromisoformat(at)
+    if moment.tzinfo is None:
+        raise ValueError(f"malformed page cursor {cursor!r}")
+    return moment, conversation_id
+
+
+def _like_pattern(text: str) -> str:
+    """``%text%`` with LIKE's wildcards in ``text`` taken literally (escape ``\\``)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+_ROW_COLUMNS = (
+    conversations.c.id,
+    conversations.c.channel,
+    conversations.c.contact,
+    conversations.c.service_number,
+    conversations.c.profile_name,
+    conversations.c.created_at,
+    conversations.c.last_message_at,
+)
 
 
 def _unavailable(what: str, exc: DBAPIError) -> Exception:
@@ -156,3 +202,60 @@ class ConversationStore:
             service_number=row.service_number,
             messaging_service_sid=row.messaging_service_sid,
         )
+
+    def page(
+        self, *, search: str | None = None, limit: int = 25, before: str | None = None
+    ) -> list[ConversationRow]:
+        """Conversations, most recently active first; ``search`` matches the contact, the
+        profile name or the start of the id; ``before`` is the last row's ``cursor`` of the
+        previous page (keyset paging: a page costs the same however deep it is)."""
+        c = conversations.c
+        stmt = sa.select(*_ROW_COLUMNS).order_by(c.last_message_at.desc(), c.id.desc())
+        if search:
+            pattern = _like_pattern(search.strip())
+            stmt = stmt.where(
+                sa.or_(
+                    c.contact.ilike(pattern, escape="\\"),
+                    c.profile_name.ilike(pattern, escape="\\"),
+                    c.id.startswith(search.strip(), autoescape=True),
+                )
+            )
+        if before is not None:
+            at, conversation_id = parse_cursor(before)
+            stmt = stmt.where(
+                sa.tuple_(c.last_message_at, c.id) < sa.tuple_(sa.literal(at), conversation_id)
+            )
+        return self._rows(stmt.limit(limit), "list the conversations")
+
+    def find_contact(self, contact: str) -> list[ConversationRow]:
+        """The conversations of a contact (``+15550001111``, ``whatsapp:+15550001111``), most
+        recently active first: one per channel and service number it wrote to."""
+        address = Address.parse(contact.strip())
+        c = conversations.c
+        stmt = sa.select(*_ROW_COLUMNS).where(c.contact == address.number)
+        if ":" in contact:  # the channel was given
+            stmt = stmt.where(c.channel == address.channel)
+        stmt = stmt.order_by(c.last_message_at.desc(), c.id.desc())
+        return self._rows(stmt, "find the contact's conversations")
+
+    def row(self, conversation_id: str) -> ConversationRow | None:
+        """The listing row of one conversation, or ``None``."""
+        stmt = sa.select(*_ROW_COLUMNS).where(conversations.c.id == conversation_id)
+        rows = self._rows(stmt, "read the conversation")
+        return rows[0] if rows else None
+
+    def delete(self, conversation_id: str) -> bool:
+        """Delete the conversation's row (its messages are the memory's); whether it existed."""
+        stmt = sa.delete(conversations).where(conversations.c.id == conversation_id)
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(stmt).rowcount > 0
+        except DBAPIError as exc:
+            raise _unavailable("delete the conversation", exc) from exc
+
+    def _rows(self, stmt: sa.Select, what: str) -> list[ConversationRow]:
+        try:
+            with self.engine.connect() as conn:
+                return [ConversationRow(*row) for row in conn.execute(stmt)]
+        except DBAPIError as exc:
+            raise _unavailable(what, exc) from exc

@@ -1,5 +1,5 @@
-"""Operations endpoints: ``/healthz`` (process up), ``/readyz`` (Redis and Postgres answer),
-``/metrics`` (Prometheus)."""
+"""Operations endpoints: ``/healthz`` (process up), ``/readyz`` (Redis and Postgres answer, the
+schema is migrated), ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from redis.cluster import RedisCluster
 
 from lc_hybrid_memory.store import sync_url
 
+from .schema_status import MIGRATE_FIX, schema_status
 from .wiring import Services, redis_client
 
 logger = logging.getLogger(__name__)
@@ -50,13 +51,21 @@ class ReadinessChecks:
         return self._redis
 
     def run(self) -> dict[str, str]:
-        checks: dict[str, str] = {}
+        checks: dict[str, str] = {"postgres": "", "migrations": "unknown: postgres unreachable"}
         try:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-            checks["postgres"] = "ok"
+                checks["postgres"] = "ok"
+                # Without the app's tables every webhook would fail: not ready until migrated.
+                status = schema_status(conn)
+            checks["migrations"] = (
+                "ok" if status.up_to_date else f"error: {status.describe()}; {MIGRATE_FIX}"
+            )
         except Exception as exc:  # any failure means "not ready", with the reason
-            checks["postgres"] = f"error: {type(exc).__name__}"
+            if not checks["postgres"]:
+                checks["postgres"] = f"error: {type(exc).__name__}"
+            else:
+                checks["migrations"] = f"error: {type(exc).__name__}"
         try:
             self.redis.ping()  # on a cluster: every node
             checks["redis"] = "ok"
@@ -80,7 +89,7 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @blueprint.get("/readyz")
     def readyz() -> tuple[Response, int]:
-        """Ready when Postgres and Redis both answer."""
+        """Ready when Postgres and Redis both answer and the database is migrated."""
         results = checks.run()
         ready = all(value == "ok" for value in results.values())
         if not ready:

@@ -1,8 +1,14 @@
 """Metrics (Prometheus) and structured logs of the app and the worker.
 
 Every app (and every worker) gets its own ``CollectorRegistry``: two apps in one process (the
-tests) never clash, and ``/metrics`` shows exactly this app's numbers. Logs carry ids
-(conversation, MessageSid), sizes and outcomes, never message bodies.
+tests) never clash, and ``/metrics`` shows exactly this app's numbers.
+
+Logs carry ids (conversation, MessageSid), sizes and outcomes, never message text. The app's
+own log calls never pass a body; exceptions are where text hides — a database driver quotes the
+row it rejected (``Failing row contains (...)``), SQLAlchemy the statement's parameters, a model
+provider or an HTTP API may quote its input — so both formatters render a logged exception as
+its traceback (code locations only) and the *types* of its chain, with the message only for
+exceptions whose words are known not to carry data (:data:`SAFE_MESSAGE_TYPES`).
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ import json
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory import HybridMemory, HybridMemoryError
 
 # Fields a log call may pass through ``extra=`` that the JSON formatter keeps.
 LOG_FIELDS = (
@@ -137,6 +145,64 @@ class Stopwatch:
         return int(self.seconds * 1000)
 
 
+# Exceptions whose messages are the library's own words or a connection's: shown in logs. Any
+# other exception is logged by its type alone.
+SAFE_MESSAGE_TYPES: tuple[type[BaseException], ...] = (
+    HybridMemoryError,
+    OSError,  # sockets, files: errno and address
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterException,
+)
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _describe(exc: BaseException) -> str:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    if isinstance(exc, SAFE_MESSAGE_TYPES):
+        return f"{name}: {exc}" if str(exc) else name
+    return f"{name} (message not logged: it may quote message text)"
+
+
+def format_exception_safely(exc: BaseException) -> str:
+    """``exc`` and its chain like a traceback, without the messages that may carry data."""
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, _CONTEXT
+        else:
+            current = None
+    parts: list[str] = []
+    for position, (item, _) in enumerate(reversed(chain)):
+        if position:  # the link from this exception to the one printed before it
+            parts.append(chain[len(chain) - position][1])
+        if item.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(item.__traceback__))
+        parts.append(_describe(item) + "\n")
+    return "".join(parts).rstrip("\n")
+
+
+def _exception_text(record: logging.LogRecord) -> str | None:
+    # Never record.exc_text: another handler may have cached the full traceback there.
+    if record.exc_info and record.exc_info[1] is not None:
+        return format_exception_safely(record.exc_info[1])
+    return None
+
+
 class JSONLogFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the known ``extra`` fields."""
 
@@ -151,8 +217,11 @@ class JSONLogFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        exception = _exception_text(record)
+        if exception is not None:
+            entry["exc"] = exception
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
 
 
@@ -163,16 +232,22 @@ class KeyValueLogFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         fields = [
             f"{name}={getattr(record, name)}"
             for name in LOG_FIELDS
             if getattr(record, name, None) is not None
         ]
-        if not fields:
-            return line
-        head, sep, tail = line.partition("\n")  # keep a traceback after the fields
-        return f"{head} {' '.join(fields)}{sep}{tail}"
+        if fields:
+            line = f"{line} {' '.join(fields)}"
+        exception = _exception_text(record)
+        if exception is not None:
+            line = f"{line}\n{exception}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line
 
 
 def configure_logging(level: str, log_format: str) -> None:

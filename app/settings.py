@@ -90,6 +90,10 @@ class Settings:
     memory_window: int = 50
     memory_ttl_seconds: int = 3600
 
+    # Operator console (/console/). Off without a token, except on the embedded dev servers,
+    # where a dev token is kept in data_dir and printed by `serve`.
+    console_token: str | None = None
+
     # Process.
     host: str = "127.0.0.1"
     port: int = 5000
@@ -135,6 +139,7 @@ class Settings:
             system_prompt=env.get("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
             memory_window=_int(env, "MEMORY_WINDOW", 50),
             memory_ttl_seconds=_int(env, "MEMORY_TTL_SECONDS", 3600),
+            console_token=env.get("CONSOLE_TOKEN") or None,
             host=env.get("HOST", "127.0.0.1"),
             port=_int(env, "PORT", 5000),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),

@@ -1,10 +1,12 @@
-"""``hybrid-memory chat`` and ``hybrid-memory show``: the agent and its memory in a terminal.
+"""``hybrid-memory chat``, ``show`` and ``conversations``: the agent and its memory in a terminal.
 
 ``chat --session ID`` reads one message per line and answers through the same
-:class:`~app.agent.ChatAgent` and memory as the webhook app. Commands: ``/history`` (the
-stored window), ``/stats`` (cache hits and misses), ``/clear`` (delete the conversation),
-``/quit``; the end of input leaves too, so a chat can be scripted
-(``printf 'hi\\n/stats\\n' | hybrid-memory chat``). ``show ID`` prints a stored conversation.
+:class:`~app.agent.ChatAgent` and memory as the webhook app; ``chat --contact +1555…`` joins
+that Twilio contact's conversation instead (replies stay in the terminal). Commands:
+``/history`` (the stored window), ``/stats`` (cache hits and misses), ``/clear`` (delete the
+conversation), ``/quit``; the end of input leaves too, so a chat can be scripted
+(``printf 'hi\\n/stats\\n' | hybrid-memory chat``). ``show ID|CONTACT`` prints a stored
+conversation; ``conversations`` lists the Twilio ones.
 Storage: ``DATABASE_URL``/``REDIS_URL`` when set, the embedded servers otherwise.
 """
 
@@ -13,22 +15,32 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from lc_hybrid_memory import HybridMemory, HybridMemoryError, codec
+from lc_hybrid_memory import HybridMemory, HybridMemoryError, role_of
 
-from .agent import ChatAgent
+from .conversation_lookup import (
+    LookupFailed,
+    conversations_of,
+    only_conversation,
+    print_listing,
+    resolve_conversation,
+)
+from .conversations import ConversationStore
 from .settings import Settings
 from .wiring import open_memory
+
+if TYPE_CHECKING:
+    from .agent import ChatAgent
 
 HELP = "commands: /history  /stats  /clear  /quit   (end of input also quits)"
 
 
 def format_message(message: BaseMessage) -> str:
     """One stored message as a line (or a few) of text."""
-    role = codec.role_of(message)
+    role = role_of(message)
     if isinstance(message, AIMessage) and message.tool_calls:
         calls = ", ".join(f"{c['name']}({c['args']})" for c in message.tool_calls)
         text = f"{message.text} → {calls}" if message.text else f"→ {calls}"
@@ -108,18 +120,48 @@ def show(memory: HybridMemory, session_id: str, limit: int | None, out: TextIO) 
     return 0 if count else 1
 
 
+def _describe(memory: HybridMemory, store: ConversationStore, conversation_id: str) -> str:
+    """One line naming the conversation (for stderr: stdout stays the messages)."""
+    try:
+        row = store.row(conversation_id)
+    except Exception:  # a database without the app's tables: the id says enough
+        row = None
+    where = f" ({row.channel} {row.contact} → {row.service_number})" if row else ""
+    return f"conversation {conversation_id}{where}: {memory.count(conversation_id)} messages"
+
+
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    """Entry point of ``hybrid-memory chat`` and ``hybrid-memory show``."""
+    """Entry point of ``hybrid-memory chat``, ``show`` and ``conversations``."""
     memory = open_memory(settings)
+    store = ConversationStore(memory.store.engine)
     try:
         # Idempotent (IF NOT EXISTS); the migrations create the same table for the app.
         memory.create_schema()
-        if args.command == "show":
-            return show(memory, args.session, args.limit, sys.stdout)
+        try:
+            if args.command == "conversations":
+                print_listing(memory, store, sys.stdout, search=args.search, limit=args.limit)
+                return 0
+            if args.command == "show":
+                conversation_id = resolve_conversation(memory, store, args.conversation)
+                print(_describe(memory, store, conversation_id), file=sys.stderr)
+                return show(memory, conversation_id, args.limit, sys.stdout)
+            session_id = args.session
+            if args.contact:
+                session_id = only_conversation(conversations_of(store, args.contact), args.contact)
+                print(
+                    f"joining {_describe(memory, store, session_id)}; replies stay in this "
+                    "terminal (they are not sent to the contact)",
+                    file=sys.stdout,
+                )
+        except LookupFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        from .agent import ChatAgent  # langchain and langgraph: only the chat needs them
+
         agent = ChatAgent(memory, settings)
         return chat(
             agent,
-            args.session,
+            session_id,
             stdin=sys.stdin,
             stdout=sys.stdout,
             stderr=sys.stderr,

@@ -10,8 +10,8 @@ from langchain.tools import ToolRuntime
 from langchain_core.messages import BaseMessage
 from langchain_core.tools import BaseTool, StructuredTool
 
-from lc_hybrid_memory import HybridMemory
-from lc_hybrid_memory.codec import role_of
+from lc_hybrid_memory import HybridMemory, role_of
+from lc_hybrid_memory.langgraph import session_id_from
 
 CURRENT_TIME = "get_current_time"
 RECALL = "recall"
@@ -40,18 +40,9 @@ def current_time_tool() -> BaseTool:
 
 
 def _session_id(runtime: ToolRuntime) -> str:
-    # The agent runs with config={"configurable": {"session_id": ...}} in both wirings.
-    session_id = (runtime.config.get("configurable") or {}).get("session_id")
-    context = runtime.context
-    if not session_id and context is not None:
-        session_id = (
-            context.get("session_id")
-            if isinstance(context, dict)
-            else getattr(context, "session_id", None)
-        )
-    if not session_id:
-        raise ValueError("recall needs the conversation's session_id in the run config")
-    return str(session_id)
+    # The middleware's rule (context first, then the run config), so a turn is never stored
+    # in one conversation and recalled from another.
+    return session_id_from(runtime.context, runtime.config)
 
 
 def _format(found: list[BaseMessage]) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from flask_limiter import Limiter
 from langchain_core.messages import HumanMessage
 from redis.exceptions import RedisClusterException, RedisError
@@ -232,6 +232,7 @@ def _accept(svc: Services, inbound: InboundMessage) -> Response:
             account_sid=inbound.account_sid or None,
             profile_name=inbound.profile_name,
         )
+        g.conversation_id = conversation.id  # answered in X-Conversation-Id (app/__init__.py)
         human = HumanMessage(inbound.body, id=inbound.message_sid)
         [is_new] = svc.memory.add_messages(conversation.id, [human])
     except StoreUnavailableError:

@@ -5,20 +5,15 @@ its fill lease ``ai:memory:{<session_id>}:fill`` live in one slot and every scri
 
     ["#1c", "101:{...message json...}", "102:{...}", ...]
 
-The head is a header: format version and whether the list starts at the conversation's first
-message (``c``, complete) or is a trimmed tail (``p``, partial). It also makes an empty
-conversation cacheable. Each entry is ``<postgres row id>:<message json>``; the ids let the
-append script drop a message the cache already holds.
-
 Coherence protocol (Postgres is the truth, the cache only ever holds its tail):
 
-* a write commits to Postgres, then appends to the list *only if it exists* and deletes any
-  fill lease, in one script (append + trim + expire + lease reset);
-* a miss takes a lease (``SET NX PX`` with a random token), reads Postgres, and the fill
-  script writes the list only if the lease still holds that token. A write that raced the
-  fill deleted the lease, so a possibly stale fill is dropped, never cached;
-* an entry out of id order (two writers that committed out of order) makes the script drop
-  the list; the next read refills it from Postgres.
+* a write commits to Postgres, then appends its rows *only if the list exists and ends at the
+  row just before them* (:data:`~lc_hybrid_memory.cache_scripts.APPEND`); a list that does not
+  (a write that never reached Redis, a lost commit acknowledgement, commits out of order) is
+  deleted, and the next read refills it from Postgres;
+* a miss takes a lease (``SET NX PX`` with a random token), reads Postgres, and the fill script
+  writes the list only if the lease still holds that token. Every append deletes the lease, so a
+  fill that raced a write is dropped, never cached.
 """
 
 from __future__ import annotations
@@ -28,54 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CacheRead", "MessageCache"]
+from . import cache_scripts
+from .loops import PerLoop
+
+__all__ = ["CacheEntry", "CacheRead", "CacheState", "MessageCache"]
 
 HEADER_COMPLETE = b"#1c"
 HEADER_PARTIAL = b"#1p"
-
-# KEYS[1] list, KEYS[2] lease. ARGV[1] cap, ARGV[2] ttl ms, ARGV[3..] entries in id order.
-# Returns the number appended, -1 when the list does not exist, -2 when it was dropped.
-_APPEND = """
-redis.call('DEL', KEYS[2])
-local last = redis.call('LINDEX', KEYS[1], -1)
-if not last then return -1 end
-local last_id = tonumber(string.match(last, '^(%d+):')) or 0
-local pushed = 0
-for i = 3, #ARGV do
-  local id = tonumber(string.match(ARGV[i], '^(%d+):'))
-  if id == nil or id < last_id then
-    redis.call('DEL', KEYS[1])
-    return -2
-  end
-  if id > last_id then
-    redis.call('RPUSH', KEYS[1], ARGV[i])
-    last_id = id
-    pushed = pushed + 1
-  end
-end
-local extra = redis.call('LLEN', KEYS[1]) - 1 - tonumber(ARGV[1])
-if extra > 0 then
-  redis.call('LSET', KEYS[1], extra, '#1p')
-  redis.call('LTRIM', KEYS[1], extra, -1)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return pushed
-"""
-
-# KEYS[1] list, KEYS[2] lease. ARGV[1] token, ARGV[2] ttl ms, ARGV[3] header, ARGV[4..] entries.
-_FILL = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2], KEYS[1])
-local n = #ARGV
-local i = 3
-while i <= n do
-  local j = math.min(i + 999, n)
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, j))
-  i = j + 1
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +41,25 @@ class CacheRead:
     malformed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A committed row to append: its id, the id of the conversation's row before it (0: none),
+    and the message json."""
+
+    row_id: int
+    before_id: int
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheState:
+    """What the cache holds of a conversation: the row ids, oldest first, and the key's TTL."""
+
+    row_ids: list[int]
+    complete: bool
+    ttl_seconds: float | None
+
+
 def encode_key_part(session_id: str) -> str:
     """``session_id`` made safe inside a hash tag: braces and ``%`` percent-encoded."""
     if "{" in session_id or "}" in session_id or "%" in session_id:
@@ -94,13 +67,24 @@ def encode_key_part(session_id: str) -> str:
     return session_id
 
 
+@dataclass(frozen=True, slots=True)
+class _AsyncRedis:
+    """An async client with its scripts (both bound to one event loop)."""
+
+    client: Any
+    append: Any
+    fill: Any
+
+
 class MessageCache:
     """The Redis tier. Takes a sync client, an async client, or both (``decode_responses=False``).
 
+    ``async_client_factory`` builds an async client per event loop instead (what
+    :meth:`from_url` does); an ``async_client`` given as is must be used from its own loop.
+
     Example::
 
-        import redis
-        cache = MessageCache(redis.Redis.from_url("redis://localhost:6379/0"))
+        cache = MessageCache.from_url("redis://localhost:6379/0")
         cache.read("conversation-1")   # None: a miss
     """
 
@@ -109,29 +93,75 @@ class MessageCache:
         client: Any = None,
         async_client: Any = None,
         *,
+        async_client_factory: Any = None,
         prefix: str = "ai:memory:",
         max_entries: int = 50,
         ttl_seconds: float = 3600,
         lease_seconds: float = 5.0,
     ) -> None:
-        if client is None and async_client is None:
-            raise ValueError("MessageCache needs a client, an async_client, or both")
+        if client is None and async_client is None and async_client_factory is None:
+            raise ValueError("MessageCache needs a client, an async client, or both")
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces (they make the hash tag)")
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.client = client
-        self.async_client = async_client
         self.prefix = prefix
         self.max_entries = max_entries
         self.ttl_ms = int(ttl_seconds * 1000)
         self.lease_ms = int(lease_seconds * 1000)
-        self._append = client.register_script(_APPEND) if client is not None else None
-        self._fill = client.register_script(_FILL) if client is not None else None
-        self._aappend = async_client.register_script(_APPEND) if async_client else None
-        self._afill = async_client.register_script(_FILL) if async_client else None
+        self._append = client.register_script(cache_scripts.APPEND) if client else None
+        self._fill = client.register_script(cache_scripts.FILL) if client else None
+        self._fixed_async = self._with_scripts(async_client) if async_client else None
+        self._per_loop = (
+            PerLoop(
+                lambda: self._with_scripts(async_client_factory()),
+                release=lambda bundle: bundle.client.aclose(),
+            )
+            if async_client_factory is not None
+            else None
+        )
 
-    # -- keys and entries --------------------------------------------------------------------
+    @classmethod
+    def from_url(
+        cls, url: str, *, cluster: bool = False, timeout: float = 0.25, **options: Any
+    ) -> MessageCache:
+        """A cache on ``url`` with a sync client and one async client per event loop.
+
+        ``timeout`` bounds every connect and reply; a dropped connection is retried once at
+        once (a restarted Redis costs one reconnect, a stalled one one timeout, never a backoff
+        series). ``options`` go to :class:`MessageCache`.
+        """
+        import redis
+        import redis.asyncio as aredis
+        from redis.backoff import NoBackoff
+
+        socket = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+            from redis.cluster import RedisCluster
+
+            return cls(
+                RedisCluster.from_url(url, **socket),
+                async_client_factory=lambda: AsyncRedisCluster.from_url(url, **socket),
+                **options,
+            )
+
+        def retry(module: Any) -> Any:
+            errors = (redis.exceptions.ConnectionError,)
+            return module.retry.Retry(NoBackoff(), 1, supported_errors=errors)
+
+        return cls(
+            redis.Redis.from_url(url, retry=retry(redis), **socket),
+            async_client_factory=lambda: aredis.Redis.from_url(url, retry=retry(aredis), **socket),
+            **options,
+        )
+
+    @property
+    def has_async(self) -> bool:
+        return self._fixed_async is not None or self._per_loop is not None
+
+    # -- keys and arguments (shared by the sync and async paths) ------------------------------
 
     def key(self, session_id: str) -> str:
         """The list's key: ``<prefix>{<session_id>}``."""
@@ -163,13 +193,45 @@ class MessageCache:
             entries.append((int(row_id), payload))
         return CacheRead(entries, head == HEADER_COMPLETE, malformed)
 
+    @staticmethod
+    def _state(raw: list[bytes], ttl_ms: int | None) -> CacheState | None:
+        read = MessageCache._parse(raw)
+        if read is None:
+            return None
+        ttl = ttl_ms / 1000 if ttl_ms is not None and ttl_ms >= 0 else None
+        return CacheState([row_id for row_id, _ in read.entries], read.complete, ttl)
+
+    def _pair(self, session_id: str) -> list[str]:
+        return [self.key(session_id), self.lease_key(session_id)]
+
     def _fill_args(self, token: str, entries: Sequence[tuple[int, str]], complete: bool) -> list:
         kept = entries[-self.max_entries :]
         header = HEADER_COMPLETE if complete and len(kept) == len(entries) else HEADER_PARTIAL
         return [token, self.ttl_ms, header, *(self.entry(i, p) for i, p in kept)]
 
-    def _append_args(self, entries: Sequence[tuple[int, str]]) -> list:
-        return [self.max_entries, self.ttl_ms, *(self.entry(i, p) for i, p in entries)]
+    def _append_args(self, entries: Sequence[CacheEntry]) -> list:
+        args: list[Any] = [self.max_entries, self.ttl_ms]
+        for e in entries:
+            args.append(e.before_id)
+            args.append(f"{e.row_id}:{e.payload}")
+        return args
+
+    def _keys(self, session_ids: Sequence[str]) -> list[str]:
+        return [k for sid in session_ids for k in self._pair(sid)]
+
+    def _with_scripts(self, client: Any) -> _AsyncRedis:
+        return _AsyncRedis(
+            client,
+            client.register_script(cache_scripts.APPEND),
+            client.register_script(cache_scripts.FILL),
+        )
+
+    async def _async(self) -> _AsyncRedis:
+        if self._per_loop is not None:
+            return await self._per_loop.get()
+        if self._fixed_async is None:
+            raise RuntimeError("this MessageCache was built without an async client")
+        return self._fixed_async
 
     # -- sync --------------------------------------------------------------------------------
 
@@ -187,16 +249,13 @@ class MessageCache:
         self, session_id: str, token: str, entries: Sequence[tuple[int, str]], complete: bool
     ) -> bool:
         """Write the list from Postgres rows if the lease still holds; whether it was written."""
-        keys = [self.key(session_id), self.lease_key(session_id)]
-        return bool(self._fill(keys=keys, args=self._fill_args(token, entries, complete)))
+        args = self._fill_args(token, entries, complete)
+        return bool(self._fill(keys=self._pair(session_id), args=args))
 
-    def append(self, session_id: str, entries: Sequence[tuple[int, str]]) -> int:
-        """Append committed rows if the list exists (see the module doc for the result)."""
-        keys = [self.key(session_id), self.lease_key(session_id)]
-        return int(self._append(keys=keys, args=self._append_args(entries)))
-
-    def _keys(self, session_ids: Sequence[str]) -> list[str]:
-        return [k for sid in session_ids for k in (self.key(sid), self.lease_key(sid))]
+    def append(self, session_id: str, entries: Sequence[CacheEntry]) -> int:
+        """Append committed rows where the list continues (see :mod:`.cache_scripts`)."""
+        args = self._append_args(entries)
+        return int(self._append(keys=self._pair(session_id), args=args))
 
     def invalidate(self, *session_ids: str) -> None:
         """Drop the lists and leases of these conversations (one round trip)."""
@@ -209,38 +268,71 @@ class MessageCache:
             pipe.delete(key)
         pipe.execute()
 
+    def state(self, session_id: str) -> CacheState | None:
+        """The cached row ids and the list's TTL (one pipelined round trip), ``None`` if absent."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lrange(self.key(session_id), 0, -1)
+        pipe.pttl(self.key(session_id))
+        return self._state(*pipe.execute())
+
+    def close(self) -> None:
+        """Close the sync client's connections."""
+        if self.client is not None:
+            self.client.close()
+        if self._per_loop is not None:
+            self._per_loop.abandon_closed()
+
     # -- async -------------------------------------------------------------------------------
 
     async def aread(self, session_id: str) -> CacheRead | None:
         """Async :meth:`read`."""
-        return self._parse(await self.async_client.lrange(self.key(session_id), 0, -1))
+        redis = await self._async()
+        return self._parse(await redis.client.lrange(self.key(session_id), 0, -1))
 
     async def abegin_fill(self, session_id: str) -> str | None:
         """Async :meth:`begin_fill`."""
+        redis = await self._async()
         token = secrets.token_hex(8)
-        ok = await self.async_client.set(
-            self.lease_key(session_id), token, nx=True, px=self.lease_ms
-        )
+        ok = await redis.client.set(self.lease_key(session_id), token, nx=True, px=self.lease_ms)
         return token if ok else None
 
     async def afill(
         self, session_id: str, token: str, entries: Sequence[tuple[int, str]], complete: bool
     ) -> bool:
         """Async :meth:`fill`."""
-        keys = [self.key(session_id), self.lease_key(session_id)]
-        return bool(await self._afill(keys=keys, args=self._fill_args(token, entries, complete)))
+        redis = await self._async()
+        args = self._fill_args(token, entries, complete)
+        return bool(await redis.fill(keys=self._pair(session_id), args=args))
 
-    async def aappend(self, session_id: str, entries: Sequence[tuple[int, str]]) -> int:
+    async def aappend(self, session_id: str, entries: Sequence[CacheEntry]) -> int:
         """Async :meth:`append`."""
-        keys = [self.key(session_id), self.lease_key(session_id)]
-        return int(await self._aappend(keys=keys, args=self._append_args(entries)))
+        redis = await self._async()
+        args = self._append_args(entries)
+        return int(await redis.append(keys=self._pair(session_id), args=args))
 
     async def ainvalidate(self, *session_ids: str) -> None:
         """Async :meth:`invalidate`."""
+        redis = await self._async()
         if len(session_ids) == 1:
-            await self.async_client.delete(*self._keys(session_ids))
+            await redis.client.delete(*self._keys(session_ids))
             return
-        pipe = self.async_client.pipeline(transaction=False)
+        pipe = redis.client.pipeline(transaction=False)
         for key in self._keys(session_ids):
             pipe.delete(key)
         await pipe.execute()
+
+    async def astate(self, session_id: str) -> CacheState | None:
+        """Async :meth:`state`."""
+        redis = await self._async()
+        pipe = redis.client.pipeline(transaction=False)
+        pipe.lrange(self.key(session_id), 0, -1)
+        pipe.pttl(self.key(session_id))
+        return self._state(*(await pipe.execute()))
+
+    async def aclose(self) -> None:
+        """Close this loop's async client (and the sync one)."""
+        if self._per_loop is not None:
+            await self._per_loop.aclose()
+        elif self._fixed_async is not None:
+            await self._fixed_async.client.aclose()
+        self.close()

@@ -8,12 +8,23 @@ class HybridMemoryError(Exception):
 
 
 class InvalidSessionIdError(HybridMemoryError, ValueError):
-    """The session id cannot name a conversation (empty, too long, control characters)."""
+    """The session id cannot name a conversation (empty, too long, control characters, or not
+    of the conversation id column's type)."""
+
+
+class InvalidMessageError(HybridMemoryError, ValueError):
+    """A message (or an argument) that can never be stored or served, whatever the retries;
+    the message names the field. Nothing was written."""
 
 
 class StoreUnavailableError(HybridMemoryError, RuntimeError):
-    """Postgres, the source of truth, could not be reached or refused the operation.
+    """Postgres, the source of truth, could not be reached or did not answer in time.
 
     Raised on writes (nothing was stored, or the outcome is unknown and the caller must
     retry with the same message ids) and on reads that the cache could not serve.
     """
+
+
+class StoreConfigurationError(HybridMemoryError, RuntimeError):
+    """Postgres answered, but the database or the messages table is not what the memory needs
+    (missing database, table not created, column missing); the message says what to do."""

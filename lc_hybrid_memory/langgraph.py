@@ -3,9 +3,12 @@
 An optional part of the library: it needs ``langchain`` (>= 1.0) and ``langgraph``, which the
 core package does not require, so nothing else in ``lc_hybrid_memory`` imports this module.
 
-Two wirings share the turn logic below (:func:`plan_turn`, :func:`begin_turn`,
-:func:`assign_turn_ids`) and the storage (:meth:`HybridMemory.add_messages`: one INSERT and one
-cache script per write):
+Two wirings share the turn logic below and the storage (:meth:`HybridMemory.add_messages`: one
+INSERT and one cache script per write). A turn is one pass: :func:`load_turn` reads the window
+and makes the input durable, :func:`plan_turn` splits that history around the input (once),
+the agent runs, and its messages are stored with :func:`assign_turn_ids` in one write.
+:func:`begin_turn` is the first two steps together. :func:`session_id_from` is the one rule for
+finding the conversation of a run, for the middleware and for tools alike.
 
 * :func:`agent_turn` wraps a compiled agent graph as a runnable for the (deprecated)
   ``RunnableWithMessageHistory`` with ``input_messages_key="messages"`` and
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -50,6 +53,7 @@ from langchain_core.messages.utils import convert_to_messages
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from .errors import HybridMemoryError
+from .history import DEFAULT_WINDOW
 
 try:  # the optional dependencies of this integration
     from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
@@ -60,30 +64,32 @@ try:  # the optional dependencies of this integration
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "lc_hybrid_memory.langgraph needs `langchain>=1.0` and `langgraph`: "
-        "pip install 'lc-hybrid-memory[app]' (or langchain langgraph)"
+        "pip install 'lc-hybrid-memory[langgraph]' (or langchain langgraph)"
     ) from exc
 
 if TYPE_CHECKING:
     from langgraph.runtime import Runtime
 
-    from .history import HybridMemory
+    from .memory import HybridMemory
 
 __all__ = [
     "HybridMemoryMiddleware",
+    "LoadedTurn",
     "MissingSessionIdError",
     "TurnPlan",
     "abegin_turn",
     "agent_turn",
+    "aload_turn",
     "assign_turn_ids",
     "begin_turn",
     "in_turn_order",
     "is_turn_message",
+    "load_turn",
     "plan_turn",
+    "session_id_from",
     "turn_message_id",
     "turn_message_ids",
 ]
-
-DEFAULT_WINDOW = 50
 
 # "<input id>:<n>", n >= 1: a message produced by the turn of that input.
 _DERIVED_ID = re.compile(r"(.+):([1-9][0-9]*)")
@@ -91,6 +97,25 @@ _DERIVED_ID = re.compile(r"(.+):([1-9][0-9]*)")
 
 class MissingSessionIdError(HybridMemoryError, ValueError):
     """The agent was run without a session id to load and store the conversation under."""
+
+
+def session_id_from(context: Any, config: Mapping[str, Any] | None, key: str = "session_id") -> str:
+    """The conversation a run belongs to: the run context's ``key`` (``context={"session_id":
+    ...}`` or an object with that attribute), else ``config["configurable"][key]``.
+
+    The one rule for everything inside an agent turn — :class:`HybridMemoryMiddleware` and an
+    application's tools (a recall tool) — so that a run given both a context and a config
+    stores its turn and searches its history in the same conversation.
+    """
+    found = context.get(key) if isinstance(context, Mapping) else getattr(context, key, None)
+    if not found:
+        found = ((config or {}).get("configurable") or {}).get(key)
+    if not found:
+        raise MissingSessionIdError(
+            f"run the agent with context={{{key!r}: ...}} or "
+            f"config={{'configurable': {{{key!r}: ...}}}}"
+        )
+    return str(found)
 
 
 # -- ids ---------------------------------------------------------------------------------------
@@ -192,13 +217,20 @@ def in_turn_order(history: Sequence[BaseMessage]) -> list[BaseMessage]:
     return result
 
 
-def plan_turn(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> TurnPlan:
+def plan_turn(
+    history: Sequence[BaseMessage],
+    inputs: Sequence[BaseMessage],
+    *,
+    window: int | None = None,
+) -> TurnPlan:
     """Split the stored ``history`` around the turn's ``inputs``.
 
     The history is first put :func:`in_turn_order`. If an input is already stored (the caller
     made it durable first, or this is a retry), the context ends just before it: what follows
     it is this turn's own messages (derived ids: a retry) or later inbound messages and their
-    turns, which this turn must neither see nor answer.
+    turns, which this turn must neither see nor answer. ``window`` keeps the context to its
+    last ``window`` messages (the history of a turn older than the window is the whole
+    conversation, see :func:`load_turn`).
     """
     inputs = list(inputs)
     if not inputs:
@@ -210,10 +242,14 @@ def plan_turn(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> 
     ordered = in_turn_order(history)
     position = next((i for i, m in enumerate(ordered) if m.id in input_ids), None)
     if position is None:
-        return TurnPlan(context=ordered, inputs=inputs, anchor=anchor)
+        return TurnPlan(context=_tail(ordered, window), inputs=inputs, anchor=anchor)
     produced = [m for m in ordered[position:] if _turn_index(anchor, m) is not None]
     return TurnPlan(
-        context=ordered[:position], inputs=inputs, anchor=anchor, stored=produced, found=True
+        context=_tail(ordered[:position], window),
+        inputs=inputs,
+        anchor=anchor,
+        stored=produced,
+        found=True,
     )
 
 
@@ -227,13 +263,33 @@ def _tail(messages: list[BaseMessage], window: int | None) -> list[BaseMessage]:
     return tail
 
 
-def begin_turn(
+@dataclass(frozen=True)
+class LoadedTurn:
+    """The stored history a turn is planned on, read with its input made durable."""
+
+    history: list[BaseMessage]
+    """The last ``window`` messages; the whole conversation if the input was stored before
+    but is older than the window (a retry of an old turn)."""
+    written: list[BaseMessage] = field(default_factory=list)
+    """Inputs stored by this load (they were not stored before)."""
+
+
+def _holds(history: Sequence[BaseMessage], inputs: Sequence[BaseMessage]) -> bool:
+    ids = {m.id for m in inputs if m.id}
+    return any(m.id in ids for m in history)
+
+
+def _new(inputs: list[BaseMessage], flags: list[bool]) -> list[BaseMessage]:
+    return [m for m, new in zip(inputs, flags, strict=True) if new]
+
+
+def load_turn(
     memory: HybridMemory,
     session_id: str,
     inputs: Sequence[BaseMessage],
     window: int | None = DEFAULT_WINDOW,
-) -> TurnPlan:
-    """Load the turn's context and make its input durable before any model runs.
+) -> LoadedTurn:
+    """Read the turn's history and make its input durable before any model runs.
 
     Reads the last ``window`` messages. If the input is among them (the caller stored it
     first, or the turn is retried) nothing is written. Otherwise the input is stored now, so
@@ -241,15 +297,43 @@ def begin_turn(
     store already held it (a turn older than the window), the whole conversation is read once
     to find that turn. Raises :class:`~lc_hybrid_memory.errors.StoreUnavailableError`.
     """
-    plan = plan_turn(memory.get_messages(session_id, window), inputs)
-    if plan.found:
-        return plan
-    flags = memory.add_messages(session_id, plan.inputs)
-    written = [m for m, new in zip(plan.inputs, flags, strict=True) if new]
-    if all(flags):
-        return replace(plan, written=written)
-    whole = plan_turn(memory.get_messages(session_id, None), plan.inputs)
-    return replace(whole, context=_tail(whole.context, window), written=written)
+    inputs = list(inputs)
+    history = memory.get_messages(session_id, window)
+    if _holds(history, inputs):
+        return LoadedTurn(history)
+    flags = memory.add_messages(session_id, inputs)
+    if not all(flags):  # stored before, beyond the window: a retry of an old turn
+        history = memory.get_messages(session_id, None)
+    return LoadedTurn(history, _new(inputs, flags))
+
+
+async def aload_turn(
+    memory: HybridMemory,
+    session_id: str,
+    inputs: Sequence[BaseMessage],
+    window: int | None = DEFAULT_WINDOW,
+) -> LoadedTurn:
+    """Async :func:`load_turn`."""
+    inputs = list(inputs)
+    history = await memory.aget_messages(session_id, window)
+    if _holds(history, inputs):
+        return LoadedTurn(history)
+    flags = await memory.aadd_messages(session_id, inputs)
+    if not all(flags):
+        history = await memory.aget_messages(session_id, None)
+    return LoadedTurn(history, _new(inputs, flags))
+
+
+def begin_turn(
+    memory: HybridMemory,
+    session_id: str,
+    inputs: Sequence[BaseMessage],
+    window: int | None = DEFAULT_WINDOW,
+) -> TurnPlan:
+    """:func:`load_turn`, then :func:`plan_turn` on what it read (the middleware's first step)."""
+    loaded = load_turn(memory, session_id, inputs, window)
+    plan = plan_turn(loaded.history, inputs, window=window)
+    return replace(plan, written=loaded.written)
 
 
 async def abegin_turn(
@@ -259,15 +343,9 @@ async def abegin_turn(
     window: int | None = DEFAULT_WINDOW,
 ) -> TurnPlan:
     """Async :func:`begin_turn`."""
-    plan = plan_turn(await memory.aget_messages(session_id, window), inputs)
-    if plan.found:
-        return plan
-    flags = await memory.aadd_messages(session_id, plan.inputs)
-    written = [m for m, new in zip(plan.inputs, flags, strict=True) if new]
-    if all(flags):
-        return replace(plan, written=written)
-    whole = plan_turn(await memory.aget_messages(session_id, None), plan.inputs)
-    return replace(whole, context=_tail(whole.context, window), written=written)
+    loaded = await aload_turn(memory, session_id, inputs, window)
+    plan = plan_turn(loaded.history, inputs, window=window)
+    return replace(plan, written=loaded.written)
 
 
 def _with_ids(inputs: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -278,11 +356,14 @@ def _with_ids(inputs: Sequence[BaseMessage]) -> list[BaseMessage]:
 # -- wiring 1: a runnable for RunnableWithMessageHistory ------------------------------------------
 
 
-def agent_turn(agent: Runnable[Any, Any]) -> Runnable[dict[str, Any], list[BaseMessage]]:
+def agent_turn(
+    agent: Runnable[Any, Any], *, window: int | None = None
+) -> Runnable[dict[str, Any], list[BaseMessage]]:
     """Wrap a LangGraph agent (state ``{"messages": [...]}``) for ``RunnableWithMessageHistory``.
 
     The returned runnable takes ``{"messages": <new input messages>, "history": <stored
-    window>}``, runs ``agent`` on the history followed by the inputs, and returns only the
+    history>}``, plans the turn on that history (:func:`plan_turn`, once; ``window`` bounds the
+    context), runs ``agent`` on the context followed by the inputs, and returns only the
     messages the agent produced, with the derived ids — so the wrapper stores the input and
     exactly those. A turn already complete in the history is not run again: its stored
     messages are returned (and the wrapper's write of them is a no-op, same ids).
@@ -308,7 +389,8 @@ def agent_turn(agent: Runnable[Any, Any]) -> Runnable[dict[str, Any], list[BaseM
 
     def prepare(value: dict[str, Any]) -> tuple[TurnPlan, dict[str, Any]]:
         inputs = _with_ids(convert_to_messages(value["messages"]))
-        plan = plan_turn(convert_to_messages(value.get("history") or []), inputs)
+        history = convert_to_messages(value.get("history") or [])
+        plan = plan_turn(history, inputs, window=window)
         return plan, {"messages": [*plan.context, *plan.inputs]}
 
     def produced(plan: TurnPlan, state: dict[str, Any]) -> list[BaseMessage]:
@@ -356,8 +438,9 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
     already complete in storage ends at once with the stored messages
     (``memory_turn["replayed"]`` is true); the model is not called.
 
-    The session id is read from the run context (``context={"session_id": ...}`` or an
-    object with a ``session_id`` attribute), else from ``config["configurable"]["session_id"]``.
+    The session id is read by :func:`session_id_from`: from the run context
+    (``context={"session_id": ...}`` or an object with a ``session_id`` attribute), else from
+    ``config["configurable"]["session_id"]`` — the same rule an application's tools use.
     Do not add a checkpointer: the memory already persists the conversation, and the window
     loaded here replaces the state's messages on every run.
 
@@ -387,22 +470,11 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
         self.session_key = session_key
 
     def _session_id(self, runtime: Runtime[Any] | None) -> str:
-        context = getattr(runtime, "context", None)
-        if isinstance(context, dict) and context.get(self.session_key):
-            return str(context[self.session_key])
-        if context is not None and getattr(context, self.session_key, None):
-            return str(getattr(context, self.session_key))
         try:
-            configurable = get_config().get("configurable") or {}
+            config: RunnableConfig | None = get_config()
         except RuntimeError:  # not inside a runnable context
-            configurable = {}
-        session_id = configurable.get(self.session_key)
-        if not session_id:
-            raise MissingSessionIdError(
-                f"run the agent with context={{{self.session_key!r}: ...}} or "
-                f"config={{'configurable': {{{self.session_key!r}: ...}}}}"
-            )
-        return str(session_id)
+            config = None
+        return session_id_from(getattr(runtime, "context", None), config, self.session_key)
 
     @staticmethod
     def _load(plan: TurnPlan) -> dict[str, Any]:

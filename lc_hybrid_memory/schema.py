@@ -23,7 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import CITEXT, JSONB, UUID
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = ["JSONText", "MessageTable"]
@@ -46,7 +46,12 @@ class JSONText(TypeDecorator):
         return None
 
 
-_ID_TYPES: dict[str, type[TypeEngine[Any]]] = {"text": Text, "bigint": BigInteger, "uuid": UUID}
+_ID_TYPES: dict[str, type[TypeEngine[Any]]] = {
+    "text": Text,
+    "citext": CITEXT,
+    "bigint": BigInteger,
+    "uuid": UUID,
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,11 @@ class MessageTable:
                      conversation_id_type="bigint", role="sender", content="body",
                      payload=None, message_uid=None, created_at=None)
 
+    Session ids are canonicalised to the conversation id column's form before any cache key is
+    built (see :mod:`lc_hybrid_memory.session_ids`); a ``character(n)`` column is not supported
+    (its blank padding makes ``"a"`` and ``"a "`` one id): map such a column as ``text`` only if
+    every id is written unpadded, or convert it to ``text``.
+
     Without ``payload`` the messages are rebuilt from role and content (text only); without
     ``message_uid`` writes are not idempotent. ``(conversation_id, id)`` must be indexed; if the
     table also has an index on ``id`` alone (a ``PRIMARY KEY (id)``), PostgreSQL may walk that
@@ -70,7 +80,7 @@ class MessageTable:
     schema: str | None = None
     id: str = "id"
     conversation_id: str = "conversation_id"
-    conversation_id_type: Literal["text", "bigint", "uuid"] = "text"
+    conversation_id_type: Literal["text", "citext", "bigint", "uuid"] = "text"
     role: str | None = "role"
     content: str | None = "content"
     payload: str | None = "payload"

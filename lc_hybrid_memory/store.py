@@ -1,109 +1,49 @@
 """L2: the Postgres ``messages`` table, the source of truth. SQL only (SQLAlchemy Core).
 
 Every operation is a single statement run in autocommit mode, so a write is one round trip and
-one transaction. Writes carry a ``message_uid`` for every row (the message's own LangChain id, or
-a generated one kept out of the message), which makes them idempotent: after a dropped
-connection the statement is retried once without any risk of storing a message twice.
+one transaction, whatever its size. Writes carry a ``message_uid`` for every row (the message's
+own LangChain id, or a generated one kept out of the message), which makes them idempotent: after
+a dropped connection the statement is retried once without any risk of storing a message twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, and_, cast, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import Executable
 
-from . import codec
-from .errors import InvalidSessionIdError, StoreUnavailableError
+from .errors import StoreUnavailableError
+from .loops import PerLoop
+from .postgres import aclose_quietly, async_url, close_quietly, store_error, sync_url
+from .records import ConversationSummary, EncodedMessage, StoredMessage, StoredRow, WrittenRow
 from .schema import MessageTable
+from .statements import MessageStatements
 
-__all__ = ["EncodedMessage", "MessageStore", "StoredMessage", "async_url", "sync_url"]
+__all__ = ["MessageStore"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# pg_advisory_xact_lock key that serialises concurrent create_schema() calls.
+# pg_advisory_lock key that serialises concurrent create_schema() calls.
 _SCHEMA_LOCK_KEY = 0x6C6368_6D656D  # "lchmem"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A stored row as the cache needs it: the row id and the encoded message."""
-
-    id: int
-    payload: str
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedMessage:
-    """A message ready to insert. ``uid`` is its LangChain id, or ``None``."""
-
-    uid: str | None
-    role: str
-    content: str
-    payload: str
-
-
-def sync_url(database_url: str) -> str:
-    """The SQLAlchemy psycopg2 URL for ``postgresql://`` (SQLAlchemy 2.1 would pick psycopg 3)."""
-    url = make_url(database_url)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg2")
-    return url.render_as_string(hide_password=False)
-
-
-def async_url(database_url: str) -> str:
-    """The SQLAlchemy asyncpg URL for a sync ``postgresql://`` URL."""
-    url = make_url(database_url)
-    query = dict(url.query)
-    if "sslmode" in query:  # libpq spelling → asyncpg spelling
-        query["ssl"] = query.pop("sslmode")
-    query.pop("connect_timeout", None)
-    return url.set(drivername="postgresql+asyncpg", query=query).render_as_string(
-        hide_password=False
-    )
-
-
-def _close_quietly(conn: Connection) -> None:
-    """Return a connection; if Postgres died meanwhile, discard it without masking the outcome."""
-    try:
-        conn.close()
-    except Exception:  # the driver's own error type, raised while resetting a dead connection
-        logger.info("discarding a postgres connection that died", exc_info=True)
-        with contextlib.suppress(Exception):
-            conn.invalidate()
-
-
-async def _aclose_quietly(conn: AsyncConnection) -> None:
-    try:
-        await conn.close()
-    except Exception:
-        logger.info("discarding a postgres connection that died", exc_info=True)
-        with contextlib.suppress(Exception):
-            await conn.invalidate()
-
-
-def _is_unavailable(exc: DBAPIError) -> bool:
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 class MessageStore:
     """Reads and writes one conversation's messages in the mapped ``messages`` table.
 
+    ``async_engine_factory`` makes an async engine per event loop (what :meth:`from_url` does);
+    an ``async_engine`` given as is must be used from its own loop only.
+
     Example::
 
-        from sqlalchemy import create_engine
-        store = MessageStore(create_engine("postgresql://localhost/app"))
+        store = MessageStore.from_url("postgresql://localhost/app")
         store.create_schema()
         rows = store.recent("conversation-1", 50)   # oldest first
     """
@@ -113,30 +53,45 @@ class MessageStore:
         engine: Engine | None = None,
         async_engine: AsyncEngine | None = None,
         *,
+        async_engine_factory: Callable[[], AsyncEngine] | None = None,
         table: MessageTable | None = None,
         autocommit_engines: bool = False,
     ) -> None:
-        if engine is None and async_engine is None:
-            raise ValueError("MessageStore needs an engine, an async_engine, or both")
+        if engine is None and async_engine is None and async_engine_factory is None:
+            raise ValueError("MessageStore needs an engine, an async engine, or both")
         self.engine = engine
-        self.async_engine = async_engine
+        self._fixed_async = async_engine
+        self._async_engines = (
+            PerLoop(
+                async_engine_factory,
+                release=lambda e: e.dispose(),
+                abandon=lambda e: e.sync_engine.dispose(close=False),
+            )
+            if async_engine_factory is not None
+            else None
+        )
         # Engines created with isolation_level="AUTOCOMMIT" (from_url) need no per-checkout
         # switch; others (an application's engine) are switched on checkout and back on checkin.
         self._switch_isolation = not autocommit_engines
         self.mapping = table or MessageTable()
-        self.table = self.mapping.build()
-        c = self.table.c
-        if self.mapping.payload is not None:
-            self._payload_cols: tuple[Any, ...] = (cast(c.payload, Text),)
-        else:
-            self._payload_cols = (c.role, c.content)
-        self._insert = self._insert_stmt()
+        self.sql = MessageStatements(self.mapping)
+        self.table = self.sql.table
 
     @classmethod
     def from_url(
-        cls, database_url: str, *, table: MessageTable | None = None, **engine_kwargs: Any
+        cls,
+        database_url: str,
+        *,
+        table: MessageTable | None = None,
+        statement_timeout_seconds: float = 30.0,
+        connect_timeout_seconds: float = 5.0,
+        **engine_kwargs: Any,
     ) -> MessageStore:
-        """A store with a sync (psycopg2) and an async (asyncpg) engine for ``database_url``."""
+        """A store with a sync (psycopg2) engine and an async (asyncpg) engine per event loop.
+
+        Every statement is bounded by ``statement_timeout_seconds`` (a runaway query cannot hold
+        a pooled connection), SQL parameters never appear in errors or logs.
+        """
         from sqlalchemy import create_engine
 
         # Every query of the store is served by the (conversation_id, id) index. With stale
@@ -147,148 +102,52 @@ class MessageStore:
         # Every statement of the store is one transaction by itself: autocommit saves the
         # BEGIN/COMMIT round trips, and leaves nothing to reset when a connection is returned.
         engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
+        engine_kwargs.setdefault("hide_parameters", True)
+        timeout_ms = str(int(statement_timeout_seconds * 1000))
         sync_engine = create_engine(
             sync_url(database_url),
-            connect_args={"connect_timeout": 5, "options": "-c enable_bitmapscan=off"},
+            connect_args={
+                "connect_timeout": max(1, round(connect_timeout_seconds)),
+                "options": f"-c enable_bitmapscan=off -c statement_timeout={timeout_ms}",
+            },
             **engine_kwargs,
         )
-        aengine = create_async_engine(
-            async_url(database_url),
-            connect_args={"timeout": 5, "server_settings": {"enable_bitmapscan": "off"}},
-            **engine_kwargs,
-        )
-        autocommit = engine_kwargs["isolation_level"] == "AUTOCOMMIT"
-        return cls(sync_engine, aengine, table=table, autocommit_engines=autocommit)
+        url = async_url(database_url)
 
-    # -- statements (shared by the sync and async paths) -------------------------------------
+        def async_engine() -> AsyncEngine:
+            return create_async_engine(
+                url,
+                connect_args={
+                    "timeout": connect_timeout_seconds,
+                    "server_settings": {
+                        "enable_bitmapscan": "off",
+                        "statement_timeout": timeout_ms,
+                    },
+                },
+                **engine_kwargs,
+            )
+
+        autocommit = engine_kwargs["isolation_level"] == "AUTOCOMMIT"
+        return cls(
+            sync_engine,
+            async_engine_factory=async_engine,
+            table=table,
+            autocommit_engines=autocommit,
+        )
+
+    # -- parameters (shared by the sync and async paths) -------------------------------------
 
     def conversation_key(self, session_id: str) -> Any:
-        """``session_id`` converted to the type of the conversation id column."""
+        """A canonical session id as the value of the conversation id column."""
         kind = self.mapping.conversation_id_type
-        if kind == "text":
-            return session_id
-        try:
-            return int(session_id) if kind == "bigint" else uuid.UUID(session_id)
-        except ValueError as exc:
-            raise InvalidSessionIdError(
-                f"session id {session_id!r} is not a valid {kind} conversation id"
-            ) from exc
+        if kind == "bigint":
+            return int(session_id)
+        if kind == "uuid":
+            return uuid.UUID(session_id)
+        return session_id
 
-    def _in_conversation(self, session_id: str) -> Any:
-        """``conversation_id = :key``, written as a closed range for the ordered queries.
-
-        With an equality PostgreSQL treats the column as a constant and drops it from
-        ``ORDER BY conversation_id, id``; on a table that also has an index on ``id`` alone (an
-        application's ``PRIMARY KEY (id)``) it may then walk that index and filter, reading
-        every newer row of other conversations: 915 ms instead of 0.07 ms for an old
-        conversation on 1 M rows. The range keeps the ORDER BY whole, so only the
-        ``(conversation_id, id)`` index can serve it, as one range scan of the window.
-        """
-        c = self.table.c
-        key = self.conversation_key(session_id)
-        return and_(c.conversation_id >= key, c.conversation_id <= key)
-
-    def _recent_stmt(self, session_id: str, limit: int) -> Executable:
-        c = self.table.c
-        return (
-            select(c.id, *self._payload_cols)
-            .where(self._in_conversation(session_id))
-            .order_by(c.conversation_id.desc(), c.id.desc())
-            .limit(limit)
-        )
-
-    def _all_stmt(self, session_id: str) -> Executable:
-        c = self.table.c
-        return (
-            select(c.id, *self._payload_cols)
-            .where(self._in_conversation(session_id))
-            .order_by(c.conversation_id, c.id)
-        )
-
-    def _search_stmt(
-        self, session_id: str, query: str, limit: int, before_id: int | None
-    ) -> Executable:
-        c = self.table.c
-        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        searched = c.content if self.mapping.content is not None else cast(c.payload, Text)
-        stmt = (
-            select(c.id, *self._payload_cols)
-            .where(self._in_conversation(session_id))
-            .where(searched.ilike(pattern, escape="\\"))
-            .order_by(c.conversation_id.desc(), c.id.desc())
-            .limit(limit)
-        )
-        if before_id is not None:
-            stmt = stmt.where(c.id < before_id)
-        return stmt
-
-    def _count_stmt(self, session_id: str) -> Executable:
-        c = self.table.c
-        return select(func.count()).where(c.conversation_id == self.conversation_key(session_id))
-
-    def _clear_stmt(self, session_id: str) -> Executable:
-        c = self.table.c
-        return delete(self.table).where(c.conversation_id == self.conversation_key(session_id))
-
-    def _insert_stmt(self) -> Executable:
-        """The INSERT, built once: executed with a list of rows, SQLAlchemy's insertmanyvalues
-        sends one multi-row statement and compiles it once (a ``.values([...])`` statement is
-        recompiled on every call: 40 % of a write)."""
-        c = self.table.c
-        stmt = pg_insert(self.table)
-        if self.mapping.message_uid is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=[c.conversation_id, c.message_uid])
-            return stmt.returning(c.id, c.message_uid)
-        return stmt.returning(c.id)
-
-    def _append_rows(
-        self, session_id: str, messages: Sequence[EncodedMessage]
-    ) -> tuple[list[dict[str, Any]], list[str | None]]:
-        """The rows to insert and the uid each input row was written with (``None``: no uid
-        column, or a repeat within the call)."""
-        m = self.mapping
-        key = self.conversation_key(session_id)
-        uids: list[str | None] = []
-        values: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for message in messages:
-            row: dict[str, Any] = {"conversation_id": key}
-            if m.role is not None:
-                row["role"] = message.role
-            if m.content is not None:
-                row["content"] = message.content
-            if m.payload is not None:
-                row["payload"] = message.payload
-            uid: str | None = None
-            if m.message_uid is not None:
-                # A generated uid makes a retried INSERT idempotent; it never enters the message.
-                uid = message.uid if message.uid is not None else f"lchm-{uuid.uuid4().hex}"
-                if uid in seen:  # the same id twice in one call is stored once
-                    uids.append(None)
-                    continue
-                seen.add(uid)
-                row["message_uid"] = uid
-            uids.append(uid)
-            values.append(row)
-        return values, uids
-
-    def _rows(self, result: Any) -> list[StoredMessage]:
-        if self.mapping.payload is not None:
-            return [StoredMessage(row[0], row[1]) for row in result]
-        return [
-            StoredMessage(row[0], codec.from_role_and_content(row[1], row[2])) for row in result
-        ]
-
-    @staticmethod
-    def _new_ids(result: Any, uids: list[str | None], has_uid: bool) -> list[int | None]:
-        """Row id of each input message, ``None`` where it was stored before."""
-        rows = list(result)
-        if not has_uid:
-            # One INSERT draws identity values in VALUES order.
-            ids = sorted(row[0] for row in rows)
-            return list(ids)
-        by_uid = {row[1]: row[0] for row in rows}
-        return [by_uid.get(uid) if uid is not None else None for uid in uids]
+    def _params(self, session_id: str, **extra: Any) -> dict[str, Any]:
+        return {"conversation_key": self.conversation_key(session_id), **extra}
 
     # -- running statements ------------------------------------------------------------------
 
@@ -297,10 +156,31 @@ class MessageStore:
             raise RuntimeError("this MessageStore was built without a sync engine")
         return self.engine
 
-    def _async_engine(self) -> AsyncEngine:
-        if self.async_engine is None:
+    async def aengine(self) -> AsyncEngine:
+        """The running event loop's async engine (made on first use in that loop)."""
+        if self._async_engines is not None:
+            return await self._async_engines.get()
+        if self._fixed_async is None:
             raise RuntimeError("this MessageStore was built without an async engine")
-        return self.async_engine
+        return self._fixed_async
+
+    @staticmethod
+    def _retry_or_raise(exc: BaseException, what: str, attempt: int, idempotent: bool) -> None:
+        """Return to retry once (a pooled connection that died since its last use), else raise."""
+        if (
+            attempt == 1
+            and idempotent
+            and isinstance(exc, DBAPIError)
+            and exc.connection_invalidated
+        ):
+            logger.info("postgres connection was stale; retrying once to %s", what)
+            return
+        error = store_error(exc, what)
+        if error is None:
+            raise exc
+        if isinstance(error, StoreUnavailableError):
+            raise error from exc
+        raise error from None
 
     def _run(self, what: str, work: Callable[[Connection], T], *, idempotent: bool = True) -> T:
         engine = self._sync_engine()
@@ -311,134 +191,174 @@ class MessageStore:
                 if self._switch_isolation:
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 return work(conn)
-            except DBAPIError as exc:
-                if not _is_unavailable(exc):
-                    raise
-                # A connection that died since its last use (Postgres restarted) is retried once.
-                if attempt == 1 and exc.connection_invalidated and idempotent:
-                    logger.info("postgres connection was stale; retrying %s once", what)
-                    continue
-                raise StoreUnavailableError(f"Postgres unavailable: could not {what}") from exc
+            except (DBAPIError, OSError) as exc:
+                self._retry_or_raise(exc, what, attempt, idempotent)
             finally:
                 if conn is not None:
-                    _close_quietly(conn)
+                    close_quietly(conn)
         raise AssertionError("unreachable")
 
-    async def _arun(self, what: str, work: Any, *, idempotent: bool = True) -> Any:
-        engine = self._async_engine()
+    async def _arun(
+        self,
+        what: str,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        idempotent: bool = True,
+    ) -> T:
         for attempt in (1, 2):
             conn: AsyncConnection | None = None
             try:
-                conn = await engine.connect()
+                conn = await (await self.aengine()).connect()
                 if self._switch_isolation:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await work(conn)
-            except DBAPIError as exc:
-                if not _is_unavailable(exc):
-                    raise
-                if attempt == 1 and exc.connection_invalidated and idempotent:
-                    logger.info("postgres connection was stale; retrying %s once", what)
-                    continue
-                raise StoreUnavailableError(f"Postgres unavailable: could not {what}") from exc
-            except OSError as exc:  # asyncpg raises plain socket errors when it cannot connect
-                raise StoreUnavailableError(f"Postgres unavailable: could not {what}") from exc
+            except (DBAPIError, OSError) as exc:
+                self._retry_or_raise(exc, what, attempt, idempotent)
             finally:
                 if conn is not None:
-                    await _aclose_quietly(conn)
+                    await aclose_quietly(conn)
         raise AssertionError("unreachable")
+
+    def _fetch(self, what: str, stmt: Any, params: dict[str, Any], shape: Callable[[Any], T]) -> T:
+        return self._run(what, lambda conn: shape(conn.execute(stmt, params)))
+
+    async def _afetch(
+        self, what: str, stmt: Any, params: dict[str, Any], shape: Callable[[Any], T]
+    ) -> T:
+        async def work(conn: AsyncConnection) -> T:
+            return shape(await conn.execute(stmt, params))
+
+        return await self._arun(what, work)
 
     # -- schema ------------------------------------------------------------------------------
 
     def create_schema(self) -> None:
         """Create the table and its indexes if missing (safe to call from many processes)."""
-        with self._sync_engine().connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+
+        def work(conn: Connection) -> None:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
             try:
                 self.table.metadata.create_all(conn, checkfirst=True)
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
 
+        self._run("create the messages table", work)
+
     async def acreate_schema(self) -> None:
         """Async :meth:`create_schema`."""
-        async with self._async_engine().connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+        async def work(conn: AsyncConnection) -> None:
             await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
             try:
                 await conn.run_sync(self.table.metadata.create_all, checkfirst=True)
             finally:
                 await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
 
+        await self._arun("create the messages table", work)
+
     # -- reads -------------------------------------------------------------------------------
 
     def recent(self, session_id: str, limit: int) -> list[StoredMessage]:
         """The last ``limit`` messages of the conversation, oldest first (one indexed query)."""
-        stmt = self._recent_stmt(session_id, limit)
-        rows = self._run("read messages", lambda conn: self._rows(conn.execute(stmt)))
-        rows.reverse()
-        return rows
+        params = self._params(session_id, limit=limit)
+        return self._fetch("read messages", self.sql.recent, params, self.sql.rows)[::-1]
 
     async def arecent(self, session_id: str, limit: int) -> list[StoredMessage]:
         """Async :meth:`recent`."""
-        stmt = self._recent_stmt(session_id, limit)
-
-        async def work(conn: AsyncConnection) -> list[StoredMessage]:
-            return self._rows(await conn.execute(stmt))
-
-        rows = await self._arun("read messages", work)
-        rows.reverse()
-        return rows
+        params = self._params(session_id, limit=limit)
+        return (await self._afetch("read messages", self.sql.recent, params, self.sql.rows))[::-1]
 
     def all(self, session_id: str) -> list[StoredMessage]:
         """Every message of the conversation, oldest first."""
-        stmt = self._all_stmt(session_id)
-        return self._run("read messages", lambda conn: self._rows(conn.execute(stmt)))
+        return self._fetch("read messages", self.sql.all, self._params(session_id), self.sql.rows)
 
     async def aall(self, session_id: str) -> list[StoredMessage]:
         """Async :meth:`all`."""
-        stmt = self._all_stmt(session_id)
+        params = self._params(session_id)
+        return await self._afetch("read messages", self.sql.all, params, self.sql.rows)
 
-        async def work(conn: AsyncConnection) -> list[StoredMessage]:
-            return self._rows(await conn.execute(stmt))
+    def _search_params(self, session_id: str, query: str, limit: int) -> dict[str, Any]:
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return self._params(session_id, pattern=pattern, limit=limit)
 
-        return await self._arun("read messages", work)
-
-    def search(
-        self, session_id: str, query: str, *, limit: int = 10, before_id: int | None = None
-    ) -> list[StoredMessage]:
+    def search(self, session_id: str, query: str, *, limit: int = 10) -> list[StoredMessage]:
         """Messages whose text contains ``query`` (case-insensitive), newest first."""
-        stmt = self._search_stmt(session_id, query, limit, before_id)
-        return self._run("search messages", lambda conn: self._rows(conn.execute(stmt)))
+        params = self._search_params(session_id, query, limit)
+        return self._fetch("search messages", self.sql.search(), params, self.sql.rows)
 
-    async def asearch(
-        self, session_id: str, query: str, *, limit: int = 10, before_id: int | None = None
-    ) -> list[StoredMessage]:
+    async def asearch(self, session_id: str, query: str, *, limit: int = 10) -> list[StoredMessage]:
         """Async :meth:`search`."""
-        stmt = self._search_stmt(session_id, query, limit, before_id)
-
-        async def work(conn: AsyncConnection) -> list[StoredMessage]:
-            return self._rows(await conn.execute(stmt))
-
-        return await self._arun("search messages", work)
+        params = self._search_params(session_id, query, limit)
+        return await self._afetch("search messages", self.sql.search(), params, self.sql.rows)
 
     def count(self, session_id: str) -> int:
         """How many messages the conversation holds."""
-        stmt = self._count_stmt(session_id)
-        return self._run("count messages", lambda conn: int(conn.execute(stmt).scalar_one()))
+        params = self._params(session_id)
+        return self._fetch("count messages", self.sql.count, params, lambda r: int(r.scalar_one()))
 
     async def acount(self, session_id: str) -> int:
         """Async :meth:`count`."""
-        stmt = self._count_stmt(session_id)
+        params = self._params(session_id)
+        return await self._afetch(
+            "count messages", self.sql.count, params, lambda r: int(r.scalar_one())
+        )
 
-        async def work(conn: AsyncConnection) -> int:
-            return int((await conn.execute(stmt)).scalar_one())
+    def _transcript_args(
+        self, session_id: str, limit: int | None, before_id: int | None
+    ) -> tuple[Any, dict[str, Any]]:
+        params = self._params(session_id, limit=limit, before_id=before_id)
+        return self.sql.transcript(before_id, limit), params
 
-        return await self._arun("count messages", work)
+    def transcript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[StoredRow]:
+        """The conversation's rows with their ids and metadata, oldest first (the last ``limit``
+        before row ``before_id``, or all)."""
+        stmt, params = self._transcript_args(session_id, limit, before_id)
+        return self._fetch("read a transcript", stmt, params, self.sql.transcript_rows)
+
+    async def atranscript(
+        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
+    ) -> list[StoredRow]:
+        """Async :meth:`transcript`."""
+        stmt, params = self._transcript_args(session_id, limit, before_id)
+        return await self._afetch("read a transcript", stmt, params, self.sql.transcript_rows)
+
+    @staticmethod
+    def _reply(result: Any) -> tuple[str, str | None] | None:
+        row = result.one_or_none()
+        return None if row is None else (row[0], row[1])
+
+    def _turn_params(self, session_id: str, turn_id: str) -> dict[str, Any]:
+        escaped = turn_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return self._params(session_id, turn_prefix=f"{escaped}:")
+
+    def turn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
+        """``(message uid, provider sid)`` of the last message stored with id ``<turn_id>:<n>``."""
+        params = self._turn_params(session_id, turn_id)
+        return self._fetch("read a turn's reply", self.sql.turn_reply(), params, self._reply)
+
+    async def aturn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
+        """Async :meth:`turn_reply`."""
+        params = self._turn_params(session_id, turn_id)
+        return await self._afetch("read a turn's reply", self.sql.turn_reply(), params, self._reply)
+
+    def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
+        """Message count and last message time of each conversation that has messages."""
+        if not session_ids:
+            return {}
+        by_key = {self.conversation_key(sid): sid for sid in session_ids}
+
+        def shape(result: Any) -> dict[str, ConversationSummary]:
+            return {by_key[key]: ConversationSummary(int(n), last) for key, n, last in result}
+
+        params = {"conversation_ids": list(by_key)}
+        return self._fetch("summarise conversations", self.sql.summaries(), params, shape)
 
     # -- writes ------------------------------------------------------------------------------
 
-    def append(self, session_id: str, messages: Sequence[EncodedMessage]) -> list[int | None]:
-        """Insert ``messages`` in one statement; the new row id of each, ``None`` if stored before.
+    def append(self, session_id: str, messages: Sequence[EncodedMessage]) -> list[WrittenRow]:
+        """Insert ``messages`` in one statement (one transaction); what happened to each.
 
         Raises :class:`StoreUnavailableError` when Postgres cannot be reached: then nothing is
         known to be stored and the caller must report the failure (retrying is safe for
@@ -446,75 +366,66 @@ class MessageStore:
         """
         if not messages:
             return []
-        rows, uids = self._append_rows(session_id, messages)
+        params, positions = self.sql.insert_params(self.conversation_key(session_id), messages)
         has_uid = self.mapping.message_uid is not None
-        return self._run(
-            f"store {len(messages)} message(s)",
-            lambda conn: self._new_ids(conn.execute(self._insert, rows), uids, has_uid),
-            idempotent=has_uid,
-        )
+
+        def work(conn: Connection) -> list[WrittenRow]:
+            return self.sql.written(conn.execute(self.sql.insert, params), positions, has_uid)
+
+        return self._run(f"store {len(messages)} message(s)", work, idempotent=has_uid)
 
     async def aappend(
         self, session_id: str, messages: Sequence[EncodedMessage]
-    ) -> list[int | None]:
+    ) -> list[WrittenRow]:
         """Async :meth:`append`."""
         if not messages:
             return []
-        rows, uids = self._append_rows(session_id, messages)
+        params, positions = self.sql.insert_params(self.conversation_key(session_id), messages)
         has_uid = self.mapping.message_uid is not None
 
-        async def work(conn: AsyncConnection) -> list[int | None]:
-            return self._new_ids(await conn.execute(self._insert, rows), uids, has_uid)
+        async def work(conn: AsyncConnection) -> list[WrittenRow]:
+            return self.sql.written(await conn.execute(self.sql.insert, params), positions, has_uid)
 
         return await self._arun(f"store {len(messages)} message(s)", work, idempotent=has_uid)
 
     def clear(self, session_id: str) -> int:
         """Delete the conversation's messages; how many were deleted."""
-        stmt = self._clear_stmt(session_id)
-        return self._run("clear messages", lambda conn: conn.execute(stmt).rowcount)
+        params = self._params(session_id)
+        return self._fetch("clear messages", self.sql.clear, params, lambda r: r.rowcount)
 
     async def aclear(self, session_id: str) -> int:
         """Async :meth:`clear`."""
-        stmt = self._clear_stmt(session_id)
-
-        async def work(conn: AsyncConnection) -> int:
-            return (await conn.execute(stmt)).rowcount
-
-        return await self._arun("clear messages", work)
-
-    def _provider_sid_stmt(self, session_id: str, message_uid: str, provider_sid: str) -> Any:
-        if self.mapping.provider_sid is None or self.mapping.message_uid is None:
-            raise ValueError("the mapped table has no provider_sid or message_uid column")
-        c = self.table.c
-        return (
-            update(self.table)
-            .where(c.conversation_id == self.conversation_key(session_id))
-            .where(c.message_uid == message_uid)
-            .values(provider_sid=provider_sid)
-        )
+        params = self._params(session_id)
+        return await self._afetch("clear messages", self.sql.clear, params, lambda r: r.rowcount)
 
     def set_provider_sid(self, session_id: str, message_uid: str, provider_sid: str) -> bool:
         """Record the provider's id of a stored message (e.g. the Twilio SID of a sent reply);
         whether the message exists."""
-        stmt = self._provider_sid_stmt(session_id, message_uid, provider_sid)
-        return self._run("record a provider sid", lambda conn: conn.execute(stmt).rowcount == 1)
+        params = self._params(session_id, uid=message_uid, new_provider_sid=provider_sid)
+        return self._fetch(
+            "record a provider sid", self.sql.provider_sid(), params, lambda r: r.rowcount == 1
+        )
 
     async def aset_provider_sid(self, session_id: str, message_uid: str, provider_sid: str) -> bool:
         """Async :meth:`set_provider_sid`."""
-        stmt = self._provider_sid_stmt(session_id, message_uid, provider_sid)
+        params = self._params(session_id, uid=message_uid, new_provider_sid=provider_sid)
+        return await self._afetch(
+            "record a provider sid", self.sql.provider_sid(), params, lambda r: r.rowcount == 1
+        )
 
-        async def work(conn: AsyncConnection) -> bool:
-            return (await conn.execute(stmt)).rowcount == 1
-
-        return await self._arun("record a provider sid", work)
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Dispose of the sync engine's pool (the async one needs :meth:`aclose`)."""
+        """Dispose of the sync engine's pool (async pools go with their loops, or aclose)."""
         if self.engine is not None:
             self.engine.dispose()
+        if self._async_engines is not None:
+            self._async_engines.abandon_closed()
 
     async def aclose(self) -> None:
-        """Dispose of both engines' pools."""
-        if self.async_engine is not None:
-            await self.async_engine.dispose()
+        """Dispose of this loop's async pool and the sync pool."""
+        if self._async_engines is not None:
+            await self._async_engines.aclose()
+        elif self._fixed_async is not None:
+            await self._fixed_async.dispose()
         self.close()

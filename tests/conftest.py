@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from lc_hybrid_memory import HybridMemory, MessageTable
 from lc_hybrid_memory.store import sync_url
+from tests.support.redis_cluster import EmbeddedRedisCluster
 from tests.support.servers import MemoryFactory, PrivateServers
 
 if TYPE_CHECKING:
@@ -32,6 +33,16 @@ pytest_plugins = ["lc_hybrid_memory.testing"]
 def servers(hybrid_memory_servers: ServerURLs) -> ServerURLs:
     """The Redis and Postgres of this test session (the plugin's)."""
     return hybrid_memory_servers
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """A real 3-master Redis Cluster on loopback, started on first use."""
+    cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

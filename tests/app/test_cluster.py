@@ -99,7 +99,7 @@ def test_readyz_pings_the_cluster(harness: AppHarness) -> None:
     client = harness.app().test_client()
     response = client.get("/readyz")
     assert response.status_code == 200, response.get_json()
-    assert response.get_json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert response.get_json()["checks"] == {"postgres": "ok", "migrations": "ok", "redis": "ok"}
     assert client.get("/metrics").status_code == 200
 
 

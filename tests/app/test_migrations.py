@@ -1,5 +1,5 @@
-"""Alembic migrations: the schema they make is the library's messages table plus
-conversations, exactly; they are idempotent, concurrent-safe, and adopt an existing table."""
+"""Alembic migrations: the schema they make is the library's messages table, its recall tables
+and conversations, exactly; they are idempotent, concurrent-safe, and adopt an existing table."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -14,26 +15,33 @@ from langchain_core.messages import HumanMessage
 
 from app.commands import migrate_database
 from app.conversations import metadata as app_metadata
-from lc_hybrid_memory import HybridMemory, MessageTable
+from lc_hybrid_memory import HybridMemory, MessageStore, MessageTable
 from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory.vector_store import RecallStore
 
 
-def _target() -> sa.MetaData:
+def _target(engine: sa.Engine, *, vectors: bool) -> sa.MetaData:
     target = sa.MetaData()
     for table in app_metadata.tables.values():
         table.to_metadata(target)
     MessageTable().build(target)
+    recall = RecallStore(MessageStore(engine, table=MessageTable()))
+    recall.ddl_tables(target, vectors=vectors, references=["conversation_id", "id"])
     return target
 
 
+# Without pgvector's SQLAlchemy package the reflected ``vector`` column is untyped: every other
+# part of the vectors table (columns, keys, cascade) is still compared.
+@pytest.mark.filterwarnings("ignore:Did not recognize type 'vector'")
 def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     fresh_database_url: str,
 ) -> None:
     migrate_database(fresh_database_url)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
+        vectors = RecallStore.has_extension(conn)  # pgvector where the server has it
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        differences = compare_metadata(context, _target())
+        differences = compare_metadata(context, _target(engine, vectors=vectors))
         index_columns = [ix["column_names"] for ix in sa.inspect(conn).get_indexes("messages")]
         primary_key = sa.inspect(conn).get_pk_constraint("messages")
         uniques = {uq["name"] for uq in sa.inspect(conn).get_unique_constraints("messages")}
@@ -60,7 +68,7 @@ def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, server
     assert all("latest revision" in out for out, _ in outcomes)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
     engine.dispose()
 
 

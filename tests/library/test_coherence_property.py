@@ -2,8 +2,11 @@
 
 Hypothesis interleaves writes (with and without ids, duplicates included), reads of several
 windows, clears, evictions, real expiries, and *slow concurrent fills*: a reader that took the
-lease and read Postgres, then completes its fill many steps later. After every step the cached
-list must equal the tail of the table, and every read must equal the model.
+lease and read Postgres, then completes its fill many steps later; commits whose acknowledgement
+is lost on the wire (retried by the library, or failed and retried by the caller); and another
+process that writes while it cannot reach Redis and dies, followed by the next write of a healthy
+one. After every step the cached list must equal the tail of the table, and every read must
+equal the model.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import time
 import uuid
 
 import redis
+import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory import HybridMemory, StoreUnavailableError
+from lc_hybrid_memory.testing import ServerURLs
+from tests.support.fault_proxy import FaultProxy
 from tests.support.memory_checks import assert_cache_is_tail
 from tests.support.servers import MemoryFactory
 
@@ -26,9 +32,18 @@ CAP = 5
 
 
 def test_cache_equals_table_tail_under_any_interleaving(
-    memory_factory: MemoryFactory, redis_client: redis.Redis
+    memory_factory: MemoryFactory, redis_client: redis.Redis, servers: ServerURLs
 ) -> None:
     memory: HybridMemory = memory_factory(max_cached=CAP)
+    url = sa.engine.make_url(servers.database_url)
+    proxy = FaultProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    # The same table and keys, through a wire that can lose a commit's acknowledgement...
+    lossy: HybridMemory = memory_factory(max_cached=CAP, database_url=proxied)
+    # ...and a process that cannot reach Redis at all.
+    cut_off: HybridMemory = memory_factory(
+        max_cached=CAP, redis_url="redis://127.0.0.1:1/0", redis_timeout=0.05
+    )
     counter = itertools.count()
 
     class CacheProtocol(RuleBasedStateMachine):
@@ -58,6 +73,34 @@ def test_cache_equals_table_tail_under_any_interleaving(
                     if message.id is not None:
                         known.add(message.id)
             assert new_flags == expected_flags
+
+        def _fresh(self, count: int) -> list[BaseMessage]:
+            return [
+                HumanMessage(f"msg-{next(counter)}", id=f"u-{next(counter)}") for _ in range(count)
+            ]
+
+        @rule(count=st.integers(1, 3), losses=st.sampled_from([1, 2]), retry=st.booleans())
+        def commit_then_lose_the_reply(self, count: int, losses: int, retry: bool) -> None:
+            batch = self._fresh(count)
+            proxy.lose_reply_after(b"INSERT INTO", times=losses)
+            try:
+                assert lossy.add_messages(self.sid, batch) == [False] * count  # library retried
+            except StoreUnavailableError:
+                assert losses == 2  # the retry was lost too: the caller may retry
+                if retry:
+                    assert memory.add_messages(self.sid, batch) == [False] * count
+            self.model.extend(batch)  # committed either way
+
+        @rule(count=st.integers(1, 3))
+        def writer_dies_while_redis_is_away_then_another_writes(self, count: int) -> None:
+            batch = self._fresh(count)
+            assert cut_off.add_messages(self.sid, batch) == [True] * count
+            self.model.extend(batch)
+            # That process dies with its pending invalidation; the next write anywhere must
+            # not extend the stale list.
+            after = self._fresh(1)
+            assert memory.add_messages(self.sid, after) == [True]
+            self.model.extend(after)
 
         @rule(window=st.sampled_from([1, 3, CAP, CAP + 2, None]))
         def read(self, window: int | None) -> None:
@@ -112,3 +155,4 @@ def test_cache_equals_table_tail_under_any_interleaving(
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         ),
     )
+    proxy.close()

@@ -1,11 +1,14 @@
 """HybridChatMessageHistory on real Redis and Postgres: read-through, write-through, windows.
 
-Every behaviour is checked through the sync and the async API alike (``api`` fixture).
+Every behaviour is checked through the sync and the async API alike (``api`` fixture), on a
+single Redis and again on a real 3-master Redis Cluster (``cache_server`` fixture), where every
+script must stay on one slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,9 +23,33 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from redis.cluster import RedisCluster
 
 from lc_hybrid_memory import HybridMemory, InvalidSessionIdError
+from lc_hybrid_memory.testing import ServerURLs
 from tests.support.memory_checks import Api, assert_cache_is_tail, cached, table_rows
+from tests.support.servers import MemoryFactory
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def cache_server(request: pytest.FixtureRequest) -> str:
+    """The cache's server: the session's Redis, or the session's embedded Redis Cluster."""
+    if request.param == "redis":
+        return request.getfixturevalue("servers").redis_url
+    return request.getfixturevalue("redis_cluster").url
+
+
+@pytest.fixture
+def redis_client(cache_server: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    single = cache_server == request.getfixturevalue("servers").redis_url
+    client = redis.Redis.from_url(cache_server) if single else RedisCluster.from_url(cache_server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def memory(memory_factory: MemoryFactory, cache_server: str, servers: ServerURLs) -> HybridMemory:
+    return memory_factory(redis_url=cache_server, cluster=cache_server != servers.redis_url)
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -308,3 +335,24 @@ async def test_concurrent_async_writers_keep_the_cache_coherent(
     assert len(table_rows(memory, "race")) == 50
     await memory.aget_messages("race")
     assert_cache_is_tail(memory, redis_client, "race")
+
+
+def test_keys_of_many_sessions_spread_over_the_cluster_masters(
+    memory: HybridMemory, redis_client: RedisCluster, cache_server: str, servers: ServerURLs
+) -> None:
+    if cache_server == servers.redis_url:
+        pytest.skip("a single Redis has one master")
+    sessions = [f"conversation-{i}" for i in range(30)]
+    for sid in sessions:
+        memory.get_messages(sid)
+        memory.add_messages(sid, [HumanMessage(sid)])
+        assert [m.content for m in memory.get_messages(sid)] == [sid]
+        assert_cache_is_tail(memory, redis_client, sid)
+    slots = {redis_client.keyslot(memory.cache.key(sid)) for sid in sessions}
+    owners = {redis_client.get_node_from_key(memory.cache.key(sid)).port for sid in sessions}
+    assert len(slots) == 30 and len(owners) == 3
+    for sid in sessions:  # list and lease of one session: one slot
+        key, lease = memory.cache.key(sid), memory.cache.lease_key(sid)
+        assert redis_client.keyslot(key) == redis_client.keyslot(lease)
+    memory.cache.invalidate(*sessions)  # one call across all masters
+    assert all(redis_client.exists(memory.cache.key(sid)) == 0 for sid in sessions)

@@ -97,14 +97,9 @@ async def test_a_prompt_and_model_chain_remembers_across_turns_and_new_objects(
     assert memory.store.count("conversation-1") == 4
 
 
-# docs/recall.md arrives with semantic recall; every other link must resolve already.
-PENDING_DOCS = {"docs/recall.md"}
-
-
 def test_the_readme_links_resolve() -> None:
     text = readme.README.read_text()
     targets = set(re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text))
     local = {t for t in targets if not t.startswith(("http://", "https://"))}
-    assert {"docs/library.md", "docs/agent.md", "docs/performance.md"} <= local
-    missing = {t for t in local if not (REPO / t).exists()} - PENDING_DOCS
-    assert missing == set()
+    assert {"docs/library.md", "docs/agent.md", "docs/performance.md", "docs/recall.md"} <= local
+    assert {t for t in local if not (REPO / t).exists()} == set()

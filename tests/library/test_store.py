@@ -42,6 +42,7 @@ def load(conn: sa.Connection, table: str, conversation: str, count: int) -> None
 PAYLOAD = '{"type": "human", "data": {"content": "x"}}'
 
 
+@pytest.mark.slow
 async def test_recent_reads_only_the_window_on_a_million_rows(
     memory: HybridMemory, sql_engine: sa.Engine
 ) -> None:
@@ -61,7 +62,7 @@ async def test_recent_reads_only_the_window_on_a_million_rows(
         load(conn, table, "'long-new'", 20_000)
         load(conn, table, "'bg-7'", 20_000)  # an old conversation that grew a lot since
 
-    compiled = memory.store._recent_stmt("old", 51).compile(
+    compiled = memory.store.sql.recent.params(conversation_key="old", limit=51).compile(
         dialect=sql_engine.dialect, compile_kwargs={"literal_binds": True}
     )
     sql = str(compiled).replace("'old'", ":sid")
@@ -89,7 +90,7 @@ async def test_recent_reads_only_the_window_on_a_million_rows(
         conn.execute(sa.text("DEALLOCATE recent_q"))
         conn.execute(sa.text("RESET plan_cache_mode"))
     # The async pool carries the same setting.
-    async with memory.store.async_engine.connect() as aconn:
+    async with (await memory.store.aengine()).connect() as aconn:
         setting = await aconn.execute(sa.text("SHOW enable_bitmapscan"))
         assert setting.scalar() == "off"
 
@@ -282,7 +283,7 @@ def test_window_on_an_app_table_with_a_primary_key_on_id_reads_only_the_window(
         conn.execute(sa.text(f"ANALYZE {name}"))
     memory = memory_factory(table=MessageTable(name=name))
     try:
-        compiled = memory.store._recent_stmt("old-long", 51).compile(
+        compiled = memory.store.sql.recent.params(conversation_key="old-long", limit=51).compile(
             dialect=sql_engine.dialect, compile_kwargs={"literal_binds": True}
         )
         with memory.store.engine.connect() as conn:

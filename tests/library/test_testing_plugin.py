@@ -113,12 +113,6 @@ def test_users_tests_get_servers_and_an_isolated_memory(
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HybridMemory's async pools outlive the test's event loop (they are bound to the "
-    "first loop that used them): unclosed-connection warnings. Passes once the pools are per "
-    "loop and released with it; then drop this mark.",
-)
 def test_an_async_user_test_leaves_no_unclosed_connection(
     servers: ServerURLs, tmp_path: Path
 ) -> None:

@@ -1,0 +1,105 @@
+"""semantic recall tables next to messages
+
+The same tables, trigger and keys as lc_hybrid_memory's recall ``create_schema()`` for the
+default ``messages`` table: the pending queue (filled by a statement-level trigger inside every
+INSERT into ``messages``), the stored ``tsvector`` per message, and the pgvector vectors per
+message and embedder, both cascading with their message. On a server without pgvector the
+vectors table is left out and recall is lexical (the library says so at start).
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_REFERENCE = (["conversation_id", "message_id"], ["messages.conversation_id", "messages.id"])
+
+
+def _pgvector(bind: sa.engine.Connection) -> bool:
+    if bind.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first():
+        return True
+    available = bind.execute(
+        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    ).first()
+    if available is None:
+        return False
+    op.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    return True
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    op.create_table(
+        "messages_recall_queue",
+        sa.Column("conversation_id", sa.Text(), nullable=False),
+        sa.Column("message_id", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "enqueued_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.PrimaryKeyConstraint("conversation_id", "message_id", name="messages_recall_queue_pkey"),
+    )
+    op.create_table(
+        "messages_recall_text",
+        sa.Column("conversation_id", sa.Text(), nullable=False),
+        sa.Column("message_id", sa.BigInteger(), nullable=False),
+        sa.Column("tsv", postgresql.TSVECTOR(), nullable=False),
+        sa.PrimaryKeyConstraint("conversation_id", "message_id", name="messages_recall_text_pkey"),
+        sa.ForeignKeyConstraint(
+            *_REFERENCE, ondelete="CASCADE", name="messages_recall_text_message_fkey"
+        ),
+    )
+    if _pgvector(bind):
+        op.execute(
+            """CREATE TABLE messages_recall_vectors (
+                conversation_id text NOT NULL,
+                message_id bigint NOT NULL,
+                model text NOT NULL,
+                dimensions integer,
+                embedding vector,
+                CONSTRAINT messages_recall_vectors_pkey
+                    PRIMARY KEY (conversation_id, message_id, model),
+                CONSTRAINT messages_recall_vectors_message_fkey
+                    FOREIGN KEY (conversation_id, message_id)
+                    REFERENCES messages (conversation_id, id) ON DELETE CASCADE
+            )"""
+        )
+    op.execute(
+        """CREATE OR REPLACE FUNCTION messages_recall_enqueue() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO messages_recall_queue (conversation_id, message_id)
+            SELECT conversation_id, id FROM new_rows
+            ON CONFLICT DO NOTHING;
+            RETURN NULL;
+        END $$"""
+    )
+    op.execute(
+        """CREATE TRIGGER messages_recall_enqueue
+        AFTER INSERT ON messages REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION messages_recall_enqueue()"""
+    )
+    # Messages stored before this migration: queued for the indexer (`hybrid-memory index`).
+    op.execute(
+        "INSERT INTO messages_recall_queue (conversation_id, message_id) "
+        "SELECT conversation_id, id FROM messages ON CONFLICT DO NOTHING"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TRIGGER IF EXISTS messages_recall_enqueue ON messages")
+    op.execute("DROP FUNCTION IF EXISTS messages_recall_enqueue()")
+    op.execute("DROP TABLE IF EXISTS messages_recall_vectors")
+    op.drop_table("messages_recall_text")
+    op.drop_table("messages_recall_queue")
