@@ -22,7 +22,12 @@ class StoreUnavailableError(HybridMemoryError, RuntimeError):
 
     Raised on writes (nothing was stored, or the outcome is unknown and the caller must
     retry with the same message ids) and on reads that the cache could not serve.
+    ``maybe_stored`` is ``False`` when the statement never reached Postgres (no connection).
     """
+
+    def __init__(self, message: str, *, maybe_stored: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 class StoreConfigurationError(HybridMemoryError, RuntimeError):

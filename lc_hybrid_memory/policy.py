@@ -174,10 +174,11 @@ class MemoryPolicy:
         """Store in Postgres, then bring the cache up to date; for each message, whether new."""
         try:
             written: list[WrittenRow] = yield Call.store("append", sid, encoded)
-        except StoreUnavailableError:
-            # The outcome is unknown (the commit may have happened, its acknowledgement lost):
-            # the cached tail cannot be trusted any more. Dropping it also drops a racing fill.
-            yield Call.cache("invalidate", sid, write=True)
+        except StoreUnavailableError as exc:
+            if exc.maybe_stored:
+                # The outcome is unknown (the commit may have happened, its acknowledgement
+                # lost): the cached tail cannot be trusted. Dropping it drops a racing fill too.
+                yield Call.cache("invalidate", sid, write=True)
             raise
         new = sum(row.new for row in written)
         self.stats.incr("writes")

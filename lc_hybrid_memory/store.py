@@ -165,7 +165,9 @@ class MessageStore:
         return self._fixed_async
 
     @staticmethod
-    def _retry_or_raise(exc: BaseException, what: str, attempt: int, idempotent: bool) -> None:
+    def _retry_or_raise(
+        exc: BaseException, what: str, attempt: int, idempotent: bool, sent: bool
+    ) -> None:
         """Return to retry once (a pooled connection that died since its last use), else raise."""
         if (
             attempt == 1
@@ -179,20 +181,23 @@ class MessageStore:
         if error is None:
             raise exc
         if isinstance(error, StoreUnavailableError):
+            error.maybe_stored = sent
             raise error from exc
         raise error from None
 
     def _run(self, what: str, work: Callable[[Connection], T], *, idempotent: bool = True) -> T:
         engine = self._sync_engine()
+        sent = False  # whether an attempt may have reached Postgres with the statement
         for attempt in (1, 2):
             conn: Connection | None = None
             try:
                 conn = engine.connect()
                 if self._switch_isolation:
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                sent = True
                 return work(conn)
             except (DBAPIError, OSError) as exc:
-                self._retry_or_raise(exc, what, attempt, idempotent)
+                self._retry_or_raise(exc, what, attempt, idempotent, sent)
             finally:
                 if conn is not None:
                     close_quietly(conn)
@@ -205,15 +210,17 @@ class MessageStore:
         *,
         idempotent: bool = True,
     ) -> T:
+        sent = False
         for attempt in (1, 2):
             conn: AsyncConnection | None = None
             try:
                 conn = await (await self.aengine()).connect()
                 if self._switch_isolation:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                sent = True
                 return await work(conn)
             except (DBAPIError, OSError) as exc:
-                self._retry_or_raise(exc, what, attempt, idempotent)
+                self._retry_or_raise(exc, what, attempt, idempotent, sent)
             finally:
                 if conn is not None:
                     await aclose_quietly(conn)

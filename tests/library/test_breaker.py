@@ -92,3 +92,23 @@ def test_stats_are_exported_to_prometheus(memory_factory: MemoryFactory) -> None
     # A second memory on the same registry shares the counter instead of failing.
     memory_factory(prometheus=registry).get_messages("p")
     assert value("lc_hybrid_memory_events_total", {"event": "hits"}) == 2
+
+
+def test_a_collected_registry_takes_its_counter_along() -> None:
+    import gc
+
+    from lc_hybrid_memory import stats
+
+    registry = CollectorRegistry()
+    first = stats.prometheus_counter(registry)
+    assert stats.prometheus_counter(registry) is first
+    del first
+    del registry
+    gc.collect()
+    # A new registry (which may reuse the old one's id()) gets a counter of its own.
+    fresh = CollectorRegistry()
+    counter = stats.prometheus_counter(fresh)
+    counter.labels(event="hits").inc()
+    assert fresh.get_sample_value("lc_hybrid_memory_events_total", {"event": "hits"}) == 1
+    assert all(key is not None for key in stats._counters)
+    assert len([r for r in stats._counters if r is fresh]) == 1

@@ -123,16 +123,23 @@ async def test_postgres_down_is_a_clear_error_and_nothing_is_cached(
 ) -> None:
     api = Api(fault_memory, mode)
     await api.add("p", [HumanMessage("kept")])
+    await api.add("q", [HumanMessage("other")])
     assert contents(await api.get("p")) == ["kept"]
+    assert contents(await api.get("q")) == ["other"]
 
     private_servers.postgres.stop()
     try:
         with pytest.raises(StoreUnavailableError, match="could not store 1 message"):
             await api.add("p", [HumanMessage("lost?")])
-        # The cache never shows what Postgres did not take.
-        assert contents(await api.get("p")) == ["kept"]  # a hit needs no Postgres
+        # Other conversations' hits need no Postgres.
+        assert contents(await api.get("q")) == ["other"]
+        # The failed write's outcome is unknown (a commit may have happened before the
+        # connection died): the cache no longer vouches for that conversation.
+        assert raw_redis.exists(fault_memory.cache.key("p")) == 0
         with pytest.raises(StoreUnavailableError, match="could not read"):
-            await api.get("never-cached")  # a miss does
+            await api.get("p")
+        with pytest.raises(StoreUnavailableError, match="could not read"):
+            await api.get("never-cached")  # a miss needs Postgres
     finally:
         private_servers.postgres.start()
 
@@ -154,3 +161,30 @@ async def test_postgres_restart_between_calls_is_transparent(
     fault_memory.cache.invalidate("t")
     assert contents(await api.get("t")) == ["a", "b"]
     assert len(table_rows(fault_memory, "t")) == 2
+
+
+async def test_a_write_that_never_reached_postgres_keeps_the_cache(
+    private_servers: EmbeddedServers,
+    memory_factory: MemoryFactory,
+    raw_redis: redis.Redis,
+    mode: str,
+) -> None:
+    from sqlalchemy.pool import NullPool
+
+    memory = memory_factory(
+        redis_url=private_servers.redis_url,
+        database_url=private_servers.database_url,
+        engine_kwargs={"poolclass": NullPool},  # every call connects: a refusal is certain
+    )
+    api = Api(memory, mode)
+    await api.add("n", [HumanMessage("kept")])
+    assert contents(await api.get("n")) == ["kept"]
+    private_servers.postgres.stop()
+    try:
+        with pytest.raises(StoreUnavailableError) as failed:
+            await api.add("n", [HumanMessage("refused")])
+        assert failed.value.maybe_stored is False
+        assert contents(await api.get("n")) == ["kept"]  # still served: nothing can be missing
+    finally:
+        private_servers.postgres.start()
+    assert_cache_is_tail(memory, raw_redis, "n")

@@ -93,12 +93,13 @@ def test_a_lost_acknowledgement_followed_by_other_writes_drops_the_stale_list(
     assert_cache_is_tail(proxied_memory, redis_client, "z")
 
 
-@pytest.mark.parametrize("cut_at", [200, 60_000, 400_000])
+@pytest.mark.parametrize("cut_at", [200, 20_000, 60_000])
 def test_a_large_batch_is_all_or_nothing(
     proxied_memory: HybridMemory, proxy: FaultProxy, redis_client: redis.Redis, cut_at: int
 ) -> None:
     batch = [HumanMessage(f"message {i:05d} " + "x" * 40, id=f"b{i}") for i in range(5000)]
-    proxy.cut_after(b"INSERT INTO", cut_at, times=2)  # the retry is cut as well
+    # The rows travel first, in the unnest( arrays: the cut lands inside the statement.
+    proxy.cut_after(b"unnest(", cut_at, times=2)  # the retry is cut as well
     with pytest.raises(StoreUnavailableError):
         proxied_memory.add_messages("big", batch)
     assert table_rows(proxied_memory, "big") == []  # nothing half-stored
