@@ -164,7 +164,7 @@ async def test_postgres_restart_between_calls_is_transparent(
 
 
 async def test_a_write_that_never_reached_postgres_keeps_the_cache(
-    private_servers: EmbeddedServers,
+    private_servers: PrivateServers,
     memory_factory: MemoryFactory,
     raw_redis: redis.Redis,
     mode: str,
