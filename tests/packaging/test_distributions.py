@@ -106,7 +106,7 @@ def test_the_library_distributions_hold_the_library_only(built: Built) -> None:
         assert f"lc_hybrid_memory/{module}" in names
     assert "License-Expression: MIT" in metadata
     extras = set(re.findall(r"^Provides-Extra: (.+)$", metadata, flags=re.M))
-    assert extras == {"embedded", "langgraph", "prometheus"}
+    assert extras == {"embedded", "langgraph", "prometheus", "recall"}
     assert not re.search(r"^Requires-Dist: (flask|twilio|rq|gunicorn)", metadata, re.M | re.I)
 
     with tarfile.open(built.sdist) as sdist:
@@ -122,22 +122,22 @@ def test_the_library_distributions_hold_the_library_only(built: Built) -> None:
     }
 
 
-def test_the_app_wheel_holds_the_app_its_migrations_and_its_command(built: Built) -> None:
+def test_the_app_wheel_holds_the_app_its_migrations_assets_and_command(built: Built) -> None:
     with zipfile.ZipFile(built.app_wheel) as wheel:
         names = set(wheel.namelist())
         info = "lc_hybrid_memory_app-0.1.0.dist-info"
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
         metadata = wheel.read(f"{info}/METADATA").decode()
     assert {name.split("/")[0] for name in names} == {"app", info}
-    migrations = {name for name in names if name.startswith("app/migrations/")}
-    on_disk = {
+    on_disk = {  # the whole app folder: modules, migrations, alembic.ini, templates, assets
         f"app/{path.relative_to(REPO / 'app').as_posix()}"
-        for path in (REPO / "app" / "migrations").rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
+        for path in (REPO / "app").rglob("*")
+        if path.is_file()
+        and path.name != "pyproject.toml"
+        and not any(part == "__pycache__" or part.endswith(".egg-info") for part in path.parts)
     }
-    assert migrations == on_disk
-    assert {"app/alembic.ini", "app/cli.py", "app/__init__.py"} <= names
-    assert "app/pyproject.toml" not in names
+    assert {name for name in names if name.startswith("app/")} == on_disk
+    assert {"app/alembic.ini", "app/migrations/env.py", "app/templates/console/base.html"} <= names
     assert "hybrid-memory = app.cli:main" in entry_points
     assert "Requires-Dist: lc-hybrid-memory[langgraph,prometheus]==0.1.0" in metadata
 

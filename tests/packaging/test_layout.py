@@ -28,10 +28,10 @@ def app_files() -> list[Path]:
     ]
 
 
-def test_every_app_folder_with_python_is_a_listed_package() -> None:
+def test_every_app_folder_with_files_is_a_listed_package() -> None:
     setuptools = app_config()["tool"]["setuptools"]
     assert setuptools["package-dir"] == {"app": "."}
-    folders = {path.parent for path in app_files() if path.suffix == ".py"}
+    folders = {path.parent for path in app_files() if path.name != "pyproject.toml"}
     names = {".".join(("app", *folder.relative_to(APP).parts)) for folder in folders}
     assert names == set(setuptools["packages"])
 
@@ -59,6 +59,6 @@ def test_the_library_distribution_is_the_library_package_only() -> None:
     ]
     assert isinstance(project["license"], str)  # an SPDX expression, as setuptools wants now
     extras = project["optional-dependencies"]
-    assert {"embedded", "langgraph", "prometheus"} <= set(extras)
+    assert {"embedded", "langgraph", "prometheus", "recall"} <= set(extras)
     web = ("flask", "twilio", "rq", "gunicorn")
     assert not [req for reqs in extras.values() for req in reqs if req.startswith(web)]
