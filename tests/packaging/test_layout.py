@@ -62,3 +62,29 @@ def test_the_library_distribution_is_the_library_package_only() -> None:
     assert {"embedded", "langgraph", "prometheus", "recall"} <= set(extras)
     web = ("flask", "twilio", "rq", "gunicorn")
     assert not [req for reqs in extras.values() for req in reqs if req.startswith(web)]
+
+
+def test_the_image_and_compose_match_the_distributions_and_settings() -> None:
+    """No Docker engine here: the files are read against the code."""
+    import re
+
+    import yaml
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY lc_hybrid_memory ./lc_hybrid_memory" in dockerfile
+    assert "COPY app ./app" in dockerfile
+    assert re.search(r'pip install \. "\./app\$\{EXTRAS:\+\[\$\{EXTRAS\}\]\}"', dockerfile)
+    assert 'CMD ["hybrid-memory", "serve", "--production"' in dockerfile
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    app_source = "\n".join(path.read_text() for path in APP.glob("*.py"))
+    app_services = {n: svc for n, svc in compose["services"].items() if "build" in svc}
+    assert set(app_services) == {"migrate", "app", "worker"}
+    for name, service in app_services.items():
+        for variable in service.get("environment", {}):
+            # each one the app reads (a provider's API key is read by its LangChain package)
+            assert f'"{variable}"' in app_source or variable.endswith("_API_KEY"), (name, variable)
+        command = service.get("command", [])
+        if command and command[0] == "hybrid-memory":
+            assert f'"{command[1]}"' in app_source  # a command of the CLI
+    extras = app_config()["project"]["optional-dependencies"]
+    assert {"openai", "anthropic", "ollama"} <= set(extras)  # what EXTRAS may name
