@@ -65,7 +65,7 @@ class ServerURLs:
 if pytest is not None:
 
     @pytest.fixture(scope="session")
-    def hybrid_memory_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerURLs]:
+    def hybrid_memory_servers() -> Iterator[ServerURLs]:
         """The session's Redis and Postgres: ``TEST_REDIS_URL`` + ``TEST_DATABASE_URL``, or embedded
         servers for the session."""
         redis_url = os.environ.get("TEST_REDIS_URL")
@@ -73,7 +73,9 @@ if pytest is not None:
         if redis_url and database_url:
             yield ServerURLs(redis_url, database_url, embedded=False)
             return
-        with EmbeddedServers(tmp_path_factory.mktemp("embedded-servers")) as servers:
+        # A temporary directory of its own, not under pytest's: as root, Postgres runs as
+        # another user, and every pytest session that starts makes pytest's root dir private.
+        with EmbeddedServers() as servers:
             yield ServerURLs(servers.redis_url, servers.database_url, embedded=True)
 
     @pytest.fixture

@@ -46,9 +46,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 
 
 @pytest.fixture
-def private_servers(tmp_path: Any) -> Iterator[PrivateServers]:
+def private_servers() -> Iterator[PrivateServers]:
     """Servers of this test alone, for tests that stop, kill or pause them."""
-    with PrivateServers(tmp_path / "servers") as private:
+    with PrivateServers() as private:
         yield private
 
 

@@ -6,7 +6,9 @@ also kill, pause, resume and restart them, on servers of their own (``private_se
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,10 +55,15 @@ class FaultyPostgres(EmbeddedPostgres):
 class PrivateServers:
     """Redis + Postgres of one test alone (not shared with other processes), to be faulted."""
 
-    def __init__(self, data_dir: str | Path) -> None:
-        data_dir = Path(data_dir)
-        self.redis = FaultyRedis(data_dir / "redis")
-        self.postgres = FaultyPostgres(data_dir / "postgres")
+    def __init__(self, data_dir: str | Path | None = None) -> None:
+        # Default: a temporary directory outside pytest's, whose root every starting pytest
+        # session makes private again (as root, Postgres runs as another user).
+        self._temporary = data_dir is None
+        self.data_dir = Path(
+            tempfile.mkdtemp(prefix="hm-faults-") if data_dir is None else data_dir
+        )
+        self.redis = FaultyRedis(self.data_dir / "redis")
+        self.postgres = FaultyPostgres(self.data_dir / "postgres")
 
     @property
     def redis_url(self) -> str:
@@ -81,6 +88,8 @@ class PrivateServers:
         self.redis.stop()
         if self.postgres.running():
             self.postgres.stop()
+        if self._temporary:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> PrivateServers:
         return self.start()
