@@ -8,14 +8,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Extra model providers to install, e.g. --build-arg EXTRAS=app,prometheus,openai
-ARG EXTRAS=app,prometheus
+# Extras of the app's distribution (app/pyproject.toml), e.g. --build-arg EXTRAS=openai
+# (model providers: openai, anthropic, ollama). The embedded dev servers are not installed.
+ARG EXTRAS=
 
 WORKDIR /srv
 COPY pyproject.toml README.md ./
 COPY lc_hybrid_memory ./lc_hybrid_memory
 COPY app ./app
-RUN pip install ".[${EXTRAS}]" \
+# The library's distribution, then the app's (which depends on it) from the same sources.
+RUN pip install . "./app${EXTRAS:+[${EXTRAS}]}" \
     && useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin app \
     && mkdir -p /srv/.data && chown app /srv/.data
 

@@ -60,7 +60,7 @@ def build_model(settings: Settings) -> BaseChatModel:
     except ImportError as exc:
         raise ModelConfigurationError(
             f"MODEL_PROVIDER={provider} needs the {package} package: "
-            f"pip install 'lc-hybrid-memory[{extra}]'"
+            f"pip install './app[{extra}]' in the repository (Docker: --build-arg EXTRAS={extra})"
         ) from exc
     from langchain.chat_models import init_chat_model
 

@@ -242,7 +242,7 @@ def check_model(settings: Settings) -> Check:
         return _fail(
             "model",
             f"MODEL_PROVIDER={provider} needs {package}",
-            f"pip install 'lc-hybrid-memory[{extra}]'",
+            f"pip install './app[{extra}]' in the repository (the app's {extra} extra)",
         )
     if not settings.model_name:
         return _fail("model", f"MODEL_PROVIDER={provider} needs MODEL_NAME", "set MODEL_NAME")

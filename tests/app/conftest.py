@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lc_hybrid_memory.embedded import EmbeddedRedisCluster
 from tests.support.app_harness import REDIS_TOPOLOGIES, AppHarness, app_harness
+from tests.support.redis_cluster import EmbeddedRedisCluster
 from tests.support.servers import ServerURLs
 
 

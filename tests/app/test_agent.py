@@ -387,7 +387,7 @@ def test_model_from_configuration() -> None:
     with pytest.raises(ModelConfigurationError, match="needs MODEL_NAME"):
         build_model(Settings(model_provider="anthropic"))
     if importlib.util.find_spec("langchain_ollama") is None:
-        with pytest.raises(ModelConfigurationError, match=r"lc-hybrid-memory\[ollama\]"):
+        with pytest.raises(ModelConfigurationError, match=r"app\[ollama\]"):
             build_model(Settings(model_provider="ollama", model_name="llama3.2"))
 
 

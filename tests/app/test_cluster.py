@@ -22,7 +22,6 @@ from app.redis_roles import rate_limit_storage
 from app.settings import Settings
 from app.wiring import build_services
 from app.worker import run_worker
-from lc_hybrid_memory.embedded import EmbeddedRedisCluster
 from tests.support.app_harness import (
     ACCOUNT_SID,
     ON_REDIS_CLUSTER,
@@ -35,6 +34,7 @@ from tests.support.app_harness import (
     post_signed,
     replies,
 )
+from tests.support.redis_cluster import EmbeddedRedisCluster
 from tests.support.servers import ServerURLs
 
 

@@ -42,7 +42,8 @@ def _chromium() -> str:
 def browser() -> Iterator[Any]:
     executable = _chromium()
     sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+        "playwright.sync_api",
+        reason="playwright is not installed (make venv installs it)",
     )
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable)

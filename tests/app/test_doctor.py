@@ -22,8 +22,9 @@ from app.commands import migrate_database
 from app.doctor import Check, check_public_url, print_checks, run_checks
 from app.settings import Settings
 from lc_hybrid_memory import HybridMemory
-from lc_hybrid_memory.embedded import EmbeddedServers, free_port
+from lc_hybrid_memory.embedded import free_port
 from tests.support.app_harness import fake_model, signed_app_settings
+from tests.support.servers import PrivateServers
 
 
 def _by_name(checks: list[Check]) -> dict[str, Check]:
@@ -88,7 +89,7 @@ def test_unreachable_servers_and_a_wrong_database_name(
 
 
 def test_eviction_policy_of_the_queue_redis(
-    private_servers: EmbeddedServers, fresh_database_url: str, tmp_path: Path
+    private_servers: PrivateServers, fresh_database_url: str, tmp_path: Path
 ) -> None:
     client = redis.Redis.from_url(private_servers.redis_url)
     client.config_set("maxmemory", "100mb")

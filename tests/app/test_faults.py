@@ -35,7 +35,6 @@ from app import create_app
 from app.agent import ChatAgent
 from app.commands import migrate_database
 from lc_hybrid_memory import HybridMemory, sync_url
-from lc_hybrid_memory.embedded import EmbeddedServers
 from tests.support.app_harness import (
     form,
     new_sid,
@@ -44,6 +43,7 @@ from tests.support.app_harness import (
 )
 from tests.support.memory_checks import assert_cache_is_tail
 from tests.support.processes import percentile, wait_until
+from tests.support.servers import PrivateServers
 
 TWILIO_TIMEOUT = 15.0
 
@@ -52,13 +52,13 @@ TWILIO_TIMEOUT = 15.0
 class FaultyWorld:
     app: Flask
     memory: HybridMemory
-    servers: EmbeddedServers
+    servers: PrivateServers
     engine: sa.Engine
     redis_url: str
 
 
 @pytest.fixture
-def world(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[FaultyWorld]:
+def world(private_servers: PrivateServers, tmp_path: Path) -> Iterator[FaultyWorld]:
     migrate_database(private_servers.database_url)
     settings = signed_app_settings(
         private_servers.database_url,

@@ -17,7 +17,6 @@ from app.agent import ChatAgent
 from app.commands import migrate_database
 from app.observability import JSONLogFormatter
 from lc_hybrid_memory import HybridMemory
-from lc_hybrid_memory.embedded import EmbeddedServers
 from tests.support.app_harness import (
     AppHarness,
     fake_model,
@@ -26,10 +25,11 @@ from tests.support.app_harness import (
     replies,
     signed_app_settings,
 )
+from tests.support.servers import PrivateServers
 
 
 @pytest.fixture
-def private_app(private_servers: EmbeddedServers, tmp_path: Path) -> Iterator[Flask]:
+def private_app(private_servers: PrivateServers, tmp_path: Path) -> Iterator[Flask]:
     """An app on servers of its own, which the test may stop and start."""
     migrate_database(private_servers.database_url)
     settings = signed_app_settings(
@@ -55,7 +55,7 @@ def _ready(app: Flask) -> tuple[int, dict[str, Any]]:
 
 
 def test_readiness_follows_redis_and_postgres(
-    private_app: Flask, private_servers: EmbeddedServers
+    private_app: Flask, private_servers: PrivateServers
 ) -> None:
     client = private_app.test_client()
     assert client.get("/healthz").status_code == 200
@@ -85,7 +85,7 @@ def test_readiness_follows_redis_and_postgres(
 
 
 def test_webhook_with_postgres_down_is_a_503_and_with_redis_down_keeps_the_message(
-    private_app: Flask, private_servers: EmbeddedServers
+    private_app: Flask, private_servers: PrivateServers
 ) -> None:
     client = private_app.test_client()
     memory = private_app.extensions["hybrid_memory"].memory

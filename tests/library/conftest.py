@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from lc_hybrid_memory import HybridMemory, MessageTable, sync_url
 from lc_hybrid_memory.embedded import EmbeddedPostgres
-from tests.support.servers import MemoryFactory, ServerURLs
+from lc_hybrid_memory.testing import ServerURLs
+from tests.support.servers import MemoryFactory
 
 
 def _has_pgvector(database_url: str) -> bool:

@@ -23,9 +23,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
+from lc_hybrid_memory.testing import ServerURLs
 from tests.support.fault_proxy import FaultProxy
 from tests.support.memory_checks import assert_cache_is_tail
-from tests.support.servers import MemoryFactory, ServerURLs
+from tests.support.servers import MemoryFactory
 
 CAP = 5
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import redis
 
 from lc_hybrid_memory import HybridMemory
+from lc_hybrid_memory.testing import ServerURLs
 from tests.support.memory_checks import assert_cache_is_tail, table_rows
-from tests.support.servers import MemoryFactory, ServerURLs
+from tests.support.servers import MemoryFactory
 
 WORKER = Path(__file__).parent.parent / "support" / "coherence_worker.py"
 

@@ -18,8 +18,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from lc_hybrid_memory import HybridMemory, MessageTable, sync_url
-from lc_hybrid_memory.embedded import EmbeddedServers
-from tests.support.servers import MemoryFactory
+from tests.support.servers import MemoryFactory, PrivateServers
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +65,7 @@ def redis_clients(client: redis.Redis) -> int:
 
 
 def test_successive_asyncio_run_calls_work_and_leak_no_connection(
-    private_servers: EmbeddedServers, memory_factory: MemoryFactory
+    private_servers: PrivateServers, memory_factory: MemoryFactory
 ) -> None:
     memory = memory_factory(
         redis_url=private_servers.redis_url, database_url=private_servers.database_url

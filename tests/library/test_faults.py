@@ -13,8 +13,8 @@ import redis
 from langchain_core.messages import HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
-from lc_hybrid_memory.embedded import EmbeddedServers
 from tests.support.memory_checks import Api, assert_cache_is_tail, table_rows
+from tests.support.servers import PrivateServers
 
 MemoryFactory = Callable[..., HybridMemory]
 
@@ -23,7 +23,7 @@ STALL_BOUND_SECONDS = 3.0
 
 
 @pytest.fixture
-def fault_memory(private_servers: EmbeddedServers, memory_factory: MemoryFactory) -> HybridMemory:
+def fault_memory(private_servers: PrivateServers, memory_factory: MemoryFactory) -> HybridMemory:
     return memory_factory(
         redis_url=private_servers.redis_url,
         database_url=private_servers.database_url,
@@ -33,7 +33,7 @@ def fault_memory(private_servers: EmbeddedServers, memory_factory: MemoryFactory
 
 
 @pytest.fixture
-def raw_redis(private_servers: EmbeddedServers) -> redis.Redis:
+def raw_redis(private_servers: PrivateServers) -> redis.Redis:
     return redis.Redis.from_url(private_servers.redis_url, socket_timeout=2)
 
 
@@ -47,7 +47,7 @@ def contents(messages: list) -> list[str]:
 
 
 async def test_redis_killed_degrades_to_postgres_then_recovers(
-    fault_memory: HybridMemory, private_servers: EmbeddedServers, mode: str
+    fault_memory: HybridMemory, private_servers: PrivateServers, mode: str
 ) -> None:
     api = Api(fault_memory, mode)
     await api.add("k", [HumanMessage("before")])
@@ -76,7 +76,7 @@ async def test_redis_killed_degrades_to_postgres_then_recovers(
 
 async def test_redis_stall_is_bounded_and_stale_list_is_invalidated(
     fault_memory: HybridMemory,
-    private_servers: EmbeddedServers,
+    private_servers: PrivateServers,
     raw_redis: redis.Redis,
     mode: str,
 ) -> None:
@@ -106,7 +106,7 @@ async def test_redis_stall_is_bounded_and_stale_list_is_invalidated(
 
 
 async def test_redis_restarted_empty_is_refilled(
-    fault_memory: HybridMemory, private_servers: EmbeddedServers, raw_redis: redis.Redis, mode: str
+    fault_memory: HybridMemory, private_servers: PrivateServers, raw_redis: redis.Redis, mode: str
 ) -> None:
     api = Api(fault_memory, mode)
     await api.add("r", [HumanMessage(f"m{i}") for i in range(3)])
@@ -119,7 +119,7 @@ async def test_redis_restarted_empty_is_refilled(
 
 
 async def test_postgres_down_is_a_clear_error_and_nothing_is_cached(
-    fault_memory: HybridMemory, private_servers: EmbeddedServers, raw_redis: redis.Redis, mode: str
+    fault_memory: HybridMemory, private_servers: PrivateServers, raw_redis: redis.Redis, mode: str
 ) -> None:
     api = Api(fault_memory, mode)
     await api.add("p", [HumanMessage("kept")])
@@ -151,7 +151,7 @@ async def test_postgres_down_is_a_clear_error_and_nothing_is_cached(
 
 
 async def test_postgres_restart_between_calls_is_transparent(
-    fault_memory: HybridMemory, private_servers: EmbeddedServers, mode: str
+    fault_memory: HybridMemory, private_servers: PrivateServers, mode: str
 ) -> None:
     api = Api(fault_memory, mode)
     await api.add("t", [HumanMessage("a")])
@@ -164,7 +164,7 @@ async def test_postgres_restart_between_calls_is_transparent(
 
 
 async def test_a_write_that_never_reached_postgres_keeps_the_cache(
-    private_servers: EmbeddedServers,
+    private_servers: PrivateServers,
     memory_factory: MemoryFactory,
     raw_redis: redis.Redis,
     mode: str,

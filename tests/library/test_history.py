@@ -26,8 +26,9 @@ from langchain_core.messages import (
 from redis.cluster import RedisCluster
 
 from lc_hybrid_memory import HybridMemory, InvalidSessionIdError
+from lc_hybrid_memory.testing import ServerURLs
 from tests.support.memory_checks import Api, assert_cache_is_tail, cached, table_rows
-from tests.support.servers import MemoryFactory, ServerURLs
+from tests.support.servers import MemoryFactory
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])

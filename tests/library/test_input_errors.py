@@ -17,10 +17,9 @@ from lc_hybrid_memory import (
     StoreConfigurationError,
     StoreUnavailableError,
 )
-from lc_hybrid_memory.embedded import EmbeddedServers
 from lc_hybrid_memory.records import EncodedMessage
 from tests.support.memory_checks import table_rows
-from tests.support.servers import MemoryFactory
+from tests.support.servers import MemoryFactory, PrivateServers
 
 SECRET = "TOPSECRET-BODY-4242 my card number"
 
@@ -106,7 +105,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def test_failed_writes_never_log_or_carry_message_text(
-    private_servers: EmbeddedServers,
+    private_servers: PrivateServers,
     memory_factory: MemoryFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -28,9 +28,8 @@ import redis
 from langchain_core.messages import AIMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
-from lc_hybrid_memory.embedded import EmbeddedServers
 from tests.support.memory_checks import assert_cache_is_tail
-from tests.support.servers import MemoryFactory
+from tests.support.servers import MemoryFactory, PrivateServers
 
 REDIS_TIMEOUT = 0.2
 
@@ -49,7 +48,7 @@ class Figures:
 
 def run_load(
     memory: HybridMemory,
-    servers: EmbeddedServers,
+    servers: PrivateServers,
     *,
     seconds: float,
     workers: int,
@@ -172,7 +171,7 @@ def check(
     ],
 )
 def test_nothing_lost_or_duplicated_under_faults(
-    private_servers: EmbeddedServers,
+    private_servers: PrivateServers,
     memory_factory: MemoryFactory,
     seconds: float,
     workers: int,

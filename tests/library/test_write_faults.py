@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from langchain_core.messages import AIMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
+from lc_hybrid_memory.testing import ServerURLs
 from tests.support.fault_proxy import FaultProxy
 from tests.support.memory_checks import assert_cache_is_tail, table_rows
-from tests.support.servers import MemoryFactory, ServerURLs
+from tests.support.servers import MemoryFactory
 
 
 @pytest.fixture
