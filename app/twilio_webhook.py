@@ -32,7 +32,7 @@ from langchain_core.messages import HumanMessage
 from redis.exceptions import RedisClusterException, RedisError
 from twilio.request_validator import RequestValidator
 
-from lc_hybrid_memory import StoreUnavailableError
+from lc_hybrid_memory import InvalidMessageError, StoreUnavailableError
 
 from .conversations import Address
 from .observability import Stopwatch
@@ -226,6 +226,11 @@ def _accept(svc: Services, inbound: InboundMessage) -> Response:
         # Nothing durable yet: a 5xx lets Twilio fail over to the fallback URL.
         logger.exception("postgres unavailable; inbound message not accepted")
         return refuse(503, "temporarily unavailable", "unavailable")
+    except InvalidMessageError:
+        # Postgres refuses this message for good (a constraint of the table, data it cannot
+        # hold): a retry would fail the same way, so it is a client error, not an outage.
+        logger.warning("inbound message refused by the store", exc_info=True)
+        return refuse(400, "message refused", "refused")
     log = {
         "conversation_id": conversation.id,
         "message_sid": inbound.message_sid,

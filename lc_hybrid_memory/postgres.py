@@ -20,10 +20,11 @@ __all__ = ["aclose_quietly", "async_url", "close_quietly", "store_error", "sync_
 logger = logging.getLogger(__name__)
 
 # SQLSTATEs: connection lost or server going away / a statement cut by statement_timeout /
-# data the server can never take / the table or a column is not there.
+# data the server can never take (data exceptions, a constraint of the table, limits) / the
+# table or a column is not there.
 _UNAVAILABLE_CLASSES = ("08", "53", "57P")
 _TIMED_OUT = "57014"
-_INVALID_DATA_CLASSES = ("22", "54")
+_INVALID_DATA_CLASSES = ("22", "23", "54")
 _UNDEFINED = ("42P01", "42703", "3D000", "3F000")
 
 

@@ -110,3 +110,9 @@ async def recall_memory_factory(
         await memory.aclose()
     drop_recall_tables(engine, table.name)
     engine.dispose()
+
+
+@pytest.fixture
+def sid() -> str:
+    """A fresh conversation id."""
+    return f"lg-{uuid.uuid4().hex[:8]}"

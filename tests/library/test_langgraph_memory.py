@@ -1,25 +1,22 @@
 """The library's LangGraph integration as a library user wires it (no ``app`` code).
 
 * ``RunnableWithMessageHistory(agent_turn(agent), memory.history, ...)``: the README wiring;
-* ``create_agent(..., middleware=[HybridMemoryMiddleware(memory)])``: the native one;
-* and the measured facts about the naive wirings that motivated both.
+* ``create_agent(..., middleware=[HybridMemoryMiddleware(memory)])``: the native one.
+
+The facts about LangChain's naive wirings that motivated both: ``test_langchain_facts.py``.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
 from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables.history import RunnableWithMessageHistory
 from langchain_core.tools import tool
-from pydantic import Field
 
-from lc_hybrid_memory import HybridChatMessageHistory, HybridMemory, StoreUnavailableError, codec
+from lc_hybrid_memory import HybridMemory
 from lc_hybrid_memory.langgraph import (
     HybridMemoryMiddleware,
     MissingSessionIdError,
@@ -27,51 +24,16 @@ from lc_hybrid_memory.langgraph import (
     in_turn_order,
     plan_turn,
 )
+from tests.support.agent_models import (
+    ScriptedModel,
+    add,
+    adding_model,
+    config,
+    ids_of,
+    stored_ids,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-class ScriptedModel(GenericFakeChatModel):
-    received: list[list[BaseMessage]] = Field(default_factory=list)
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
-        self.received.append(list(messages))
-        return super()._generate(messages, *args, **kwargs)
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-def adding_model(turns: int) -> ScriptedModel:
-    answers: list[AIMessage | str] = []
-    for n in range(1, turns + 1):
-        call = {"name": "add", "args": {"a": n, "b": n}, "id": f"call-{n}"}
-        answers += [AIMessage("", tool_calls=[call]), f"it is {2 * n}"]
-    return ScriptedModel(messages=iter(answers))
-
-
-def stored_ids(memory: HybridMemory, sid: str) -> list[str | None]:
-    return [codec.decode(row.payload).id for row in memory.store.all(sid)]
-
-
-def ids_of(messages: list[BaseMessage]) -> list[str | None]:
-    return [m.id for m in messages]
-
-
-def config(sid: str) -> Any:
-    return {"configurable": {"session_id": sid}}
-
-
-@pytest.fixture
-def sid() -> str:
-    return f"lg-{uuid.uuid4().hex[:8]}"
-
 
 TURN_1 = ["T1", "T1:1", "T1:2", "T1:3"]
 TURN_2 = ["T2", "T2:1", "T2:2", "T2:3"]
@@ -195,59 +157,3 @@ def test_in_turn_order_puts_each_turn_after_its_input() -> None:
     plan = plan_turn(table, [HumanMessage("2", id="S2")])
     assert ids_of(plan.context) == ["S0:2", "S1", "S1:1"]
     assert plan.reply is table[-1]
-
-
-# -- the facts about the naive wirings (issue 3), measured on the installed versions --------------
-
-
-def test_fact_graph_straight_into_rwmh_sends_the_whole_conversation_again(
-    memory: HybridMemory, sid: str
-) -> None:
-    chain = RunnableWithMessageHistory(
-        create_agent(adding_model(2), [add]), memory.history, input_messages_key="messages"
-    )
-    for mid in ("T1", "T2"):
-        chain.invoke({"messages": [HumanMessage(f"sum {mid}", id=mid)]}, config(sid))
-    # The graph's output is the whole conversation: each turn wrote its input twice, and turn 2
-    # wrote all of turn 1 again (1 + 5 duplicates). Ids make the store skip those rows here; a
-    # store without ids would hold them twice.
-    assert memory.stats()["duplicates_skipped"] == 6
-    assert len(stored_ids(memory, sid)) == 8
-
-
-def test_fact_unknown_history_key_hides_the_past_from_the_model(
-    memory: HybridMemory, sid: str
-) -> None:
-    model = adding_model(2)
-    chain = RunnableWithMessageHistory(
-        create_agent(model, [add]),
-        memory.history,
-        input_messages_key="messages",
-        history_messages_key="history",
-    )
-    for mid in ("T1", "T2"):
-        chain.invoke({"messages": [HumanMessage(f"sum {mid}", id=mid)]}, config(sid))
-    assert ids_of(model.received[2]) == ["T2"]  # the graph ignored "history"
-
-
-class FailingWrites(HybridChatMessageHistory):
-    """A history whose write fails the way a Postgres outage makes it fail."""
-
-    def add_messages(self, messages: Any) -> None:
-        raise StoreUnavailableError("Postgres unavailable (simulated)")
-
-
-def test_fact_rwmh_only_logs_a_failed_write(
-    memory: HybridMemory, sid: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    chain = RunnableWithMessageHistory(
-        agent_turn(create_agent(adding_model(1), [add])),
-        lambda session_id: FailingWrites(session_id, memory),
-        input_messages_key="messages",
-        history_messages_key="history",
-    )
-    with caplog.at_level(logging.WARNING):
-        out = chain.invoke({"messages": [HumanMessage("sum", id="T1")]}, config(sid))
-    assert out[-1].text == "it is 2"  # reported as a success...
-    assert stored_ids(memory, sid) == []  # ...but nothing was stored
-    assert "StoreUnavailableError" in caplog.text

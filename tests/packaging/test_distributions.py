@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lc_hybrid_memory.store import sync_url
+from lc_hybrid_memory import sync_url
 from lc_hybrid_memory.testing import ServerURLs
 from tests.support import readme
 
