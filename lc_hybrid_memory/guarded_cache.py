@@ -38,15 +38,24 @@ class GuardedCache:
         self.stats = stats
         self._pending: set[str] = set()
         self._lock = threading.Lock()
+        self._outage = False  # a call failed or was skipped since the last success
+        # Stale marks in Postgres (other processes' writes during an outage) are invalidated
+        # once at start and once after every outage, before the cache is trusted again.
+        self.drain_due = cache is not None
 
     @property
     def pending_invalidations(self) -> int:
         with self._lock:
             return len(self._pending)
 
+    def needs_drain(self) -> bool:
+        """Whether Postgres's stale marks must be invalidated before the next cache call."""
+        return self.drain_due or (self._outage and self.breaker.state == CircuitBreaker.HALF_OPEN)
+
     def _admit(self, sid: str, write: bool) -> list[str] | None:
         """The pending invalidations to run first, or ``None`` when Redis is not to be called."""
         if not self.breaker.allow():
+            self._outage = True
             self.stats.incr("cache_skipped")
             if write:
                 with self._lock:
@@ -62,6 +71,7 @@ class GuardedCache:
             self._pending.update(pending)
             if write:
                 self._pending.add(sid)
+        self._outage = True
         self.breaker.record_failure()
         self.stats.incr("cache_errors")
         logger.warning(
@@ -72,6 +82,7 @@ class GuardedCache:
     def _succeeded(self, invalidated: int) -> None:
         if invalidated:
             self.stats.incr("invalidations", invalidated)
+        self._outage = False
         self.breaker.record_success()
 
     def call(self, sid: str, name: str, args: tuple[Any, ...], *, write: bool) -> Any:

@@ -144,6 +144,16 @@ class HybridMemory(OperatorViews, RecallMethods):
     # -- driving the policy ------------------------------------------------------------------
 
     def _drive(self, sid: str, steps: Steps) -> Any:
+        if self._guard.needs_drain():
+            self._guard.drain_due = not self._run_steps("", self._policy.drain())
+        return self._run_steps(sid, steps)
+
+    async def _adrive(self, sid: str, steps: Steps) -> Any:
+        if self._guard.needs_drain():
+            self._guard.drain_due = not await self._arun_steps("", self._policy.drain())
+        return await self._arun_steps(sid, steps)
+
+    def _run_steps(self, sid: str, steps: Steps) -> Any:
         advance, value = steps.send, None
         while True:
             try:
@@ -159,7 +169,7 @@ class HybridMemory(OperatorViews, RecallMethods):
             except Exception as exc:  # the policy decides what a failed step means
                 advance, value = steps.throw, exc
 
-    async def _adrive(self, sid: str, steps: Steps) -> Any:
+    async def _arun_steps(self, sid: str, steps: Steps) -> Any:
         advance, value = steps.send, None
         while True:
             try:

@@ -20,7 +20,12 @@ from langchain_core.messages import BaseMessage, ToolMessage
 
 from . import cache_scripts, codec
 from .cache import CacheEntry, CacheRead
-from .errors import InvalidMessageError, StoreUnavailableError
+from .errors import (
+    HybridMemoryError,
+    InvalidMessageError,
+    StoreConfigurationError,
+    StoreUnavailableError,
+)
 from .records import EncodedMessage, StoredMessage, WrittenRow
 from .stats import MemoryStats
 
@@ -63,7 +68,46 @@ class MemoryPolicy:
 
     def __init__(self, stats: MemoryStats, cache_size: int) -> None:
         self.stats = stats
-        self.cache_size = cache_size
+        self.cache_size = cache_size  # 0: no cache configured
+        self._marks_missing = False
+
+    # -- stale marks: writes that could not reach Redis ------------------------------------
+
+    def _cache_write(self, sid: str, name: str, *args: Any) -> Steps:
+        """A cache call that changes what is cached; if it does not reach Redis, the
+        conversation is marked stale in Postgres for whichever process reaches Redis next."""
+        result = yield Call.cache(name, sid, *args, write=True)
+        if result is SKIPPED and self.cache_size and not self._marks_missing:
+            try:
+                yield Call.store("mark_stale", sid)
+            except StoreConfigurationError:
+                self._marks_missing = True
+                logger.warning("no stale-marks table: run create_schema() (or the migrations)")
+            except HybridMemoryError as exc:
+                logger.warning("could not mark a stale cached list (%s)", type(exc).__name__)
+        return result
+
+    def drain(self) -> Steps:
+        """Invalidate the cached lists marked stale in Postgres; whether that is done."""
+        if self._marks_missing:
+            return True
+        try:
+            stale: list[str] = yield Call.store("take_stale", 1000)
+        except StoreConfigurationError:
+            self._marks_missing = True
+            logger.warning("no stale-marks table: run create_schema() (or the migrations)")
+            return True
+        except HybridMemoryError:
+            return False
+        if not stale:
+            return True
+        done = yield Call.cache("invalidate", *stale)
+        if done is SKIPPED:
+            for sid in stale:
+                yield Call.store("mark_stale", sid)
+            return False
+        self.stats.incr("invalidations", len(stale))
+        return len(stale) < 1000
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -85,7 +129,7 @@ class MemoryPolicy:
             else:
                 self.stats.incr("decode_errors", hit.malformed)
             logger.error("dropping a corrupt cache list (session %r); refilling from postgres", sid)
-            yield Call.cache("invalidate", sid, write=True)
+            yield from self._cache_write(sid, "invalidate")
         return (yield from self._miss(sid, window, cache_reachable=hit is not SKIPPED))
 
     def _miss(self, sid: str, window: int | None, *, cache_reachable: bool) -> Steps:
@@ -178,7 +222,7 @@ class MemoryPolicy:
             if exc.maybe_stored:
                 # The outcome is unknown (the commit may have happened, its acknowledgement
                 # lost): the cached tail cannot be trusted. Dropping it drops a racing fill too.
-                yield Call.cache("invalidate", sid, write=True)
+                yield from self._cache_write(sid, "invalidate")
             raise
         new = sum(row.new for row in written)
         self.stats.incr("writes")
@@ -188,7 +232,7 @@ class MemoryPolicy:
         if any(row.id is None for row in written):
             # Stored a moment ago by a concurrent call: the row id is unknown, so the cached
             # tail cannot be verified. Drop it; the next read refills.
-            yield Call.cache("invalidate", sid, write=True)
+            yield from self._cache_write(sid, "invalidate")
         else:
             # Rows already stored are sent too: after a lost commit acknowledgement they are
             # missing from the cache, and the script adds only what the list lacks.
@@ -198,16 +242,15 @@ class MemoryPolicy:
                     seen.add(row.id)
                     entries.append(CacheEntry(row.id, row.before_id, message.payload))
             entries.sort(key=lambda entry: entry.row_id)
-            appended = yield Call.cache("append", sid, entries, write=True)
+            appended = yield from self._cache_write(sid, "append", entries)
             if appended == cache_scripts.APPEND_DROPPED:
                 self.stats.incr("cache_appends_dropped")
         return [row.new for row in written]
 
-    @staticmethod
-    def clear(sid: str) -> Steps:
+    def clear(self, sid: str) -> Steps:
         """Delete the conversation in Postgres, then its cache; how many messages were deleted."""
         deleted = yield Call.store("clear", sid)
-        yield Call.cache("invalidate", sid, write=True)
+        yield from self._cache_write(sid, "invalidate")
         return deleted
 
 

@@ -137,6 +137,7 @@ class MessageTable:
             PrimaryKeyConstraint("conversation_id", "id", name=f"{self.name}_pkey"),
             schema=self.schema,
         )
+        self.build_stale_marks(metadata)
         if self.message_uid is not None:
             table.append_constraint(
                 UniqueConstraint(
@@ -146,3 +147,30 @@ class MessageTable:
                 )
             )
         return table
+
+    @property
+    def stale_marks_name(self) -> str:
+        """The library's bookkeeping table of conversations whose cached list may be stale."""
+        return f"{self.name}_cache_stale"
+
+    def build_stale_marks(self, metadata: MetaData) -> Table:
+        """Conversations written while Redis could not be reached, kept in Postgres so that any
+        process (not only the one that wrote, which may have died) invalidates their cached
+        lists once Redis answers again. Rows exist only during and after an outage."""
+        existing = metadata.tables.get(
+            f"{self.schema}.{self.stale_marks_name}" if self.schema else self.stale_marks_name
+        )
+        if existing is not None:
+            return existing
+        return Table(
+            self.stale_marks_name,
+            metadata,
+            Column(
+                "conversation_id",
+                _ID_TYPES[self.conversation_id_type],
+                primary_key=True,
+                key="conversation_id",
+            ),
+            Column("marked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            schema=self.schema,
+        )

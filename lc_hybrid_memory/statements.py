@@ -75,6 +75,24 @@ class MessageStatements:
             .where(self._in_conversation())
             .order_by(c.conversation_id, c.id)
         )
+        self.stale_marks = mapping.build_stale_marks(self.table.metadata)
+        marks = self.stale_marks
+        self.mark_stale = (
+            pg_insert(marks)
+            .values(conversation_id=bindparam("mark_key", type_=c.conversation_id.type))
+            .on_conflict_do_nothing(index_elements=[marks.c.conversation_id])
+        )
+        oldest = (
+            select(marks.c.conversation_id)
+            .order_by(marks.c.marked_at)
+            .limit(bindparam("limit", type_=Integer))
+            .scalar_subquery()
+        )
+        self.take_stale = (
+            delete(marks)
+            .where(marks.c.conversation_id.in_(oldest))
+            .returning(marks.c.conversation_id)
+        )
         self.count = select(func.count()).where(c.conversation_id == self._conversation)
         self.clear = delete(self.table).where(c.conversation_id == self._conversation)
 

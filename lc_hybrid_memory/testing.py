@@ -102,7 +102,8 @@ if pytest is not None:
             engine = sa.create_engine(url.set(drivername="postgresql+psycopg2"))
             try:
                 with engine.begin() as conn:
-                    conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.name}"'))
+                    conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+                    conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.stale_marks_name}"'))
             finally:
                 engine.dispose()
             client = redis.Redis.from_url(hybrid_memory_servers.redis_url)

@@ -98,7 +98,8 @@ async def memory_factory(
     for memory in created:
         await memory.aclose()
     with sql_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.name}"'))
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.stale_marks_name}"'))
     keys = list(redis_client.scan_iter(match=f"{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)

@@ -67,7 +67,7 @@ def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, server
     assert all("latest revision" in out for out, _ in outcomes)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
     engine.dispose()
 
 

@@ -188,3 +188,38 @@ async def test_a_write_that_never_reached_postgres_keeps_the_cache(
     finally:
         private_servers.postgres.start()
     assert_cache_is_tail(memory, raw_redis, "n")
+
+
+async def test_a_writer_that_dies_during_an_outage_is_invalidated_by_the_survivors(
+    private_servers: PrivateServers,
+    memory_factory: MemoryFactory,
+    raw_redis: redis.Redis,
+    mode: str,
+) -> None:
+    def process() -> HybridMemory:
+        return memory_factory(
+            redis_url=private_servers.redis_url,
+            database_url=private_servers.database_url,
+            redis_timeout=0.2,
+            breaker_reset_seconds=0.0,  # half-open at once: the next call probes Redis
+        )
+
+    survivor, doomed = process(), process()
+    api = Api(survivor, mode)
+    await api.add("d", [HumanMessage("before")])
+    assert contents(await api.get("d")) == ["before"]  # cached
+
+    private_servers.redis.pause()  # an outage that keeps Redis's data (a stall, a partition)
+    try:
+        await api.get("other")  # the survivor notices the outage (its breaker opens)
+        await Api(doomed, mode).add("d", [HumanMessage("written during the outage")])
+        del doomed  # dies with its in-process pending invalidation: only Postgres remembers
+    finally:
+        private_servers.redis.resume()
+    stale = raw_redis.lrange(survivor.cache.key("d"), 0, -1)
+    assert len(stale) == 2  # the header and "before": Redis still holds the stale list
+
+    # The survivor's first call after the outage invalidates what Postgres marked stale,
+    # before the cache is trusted again: its very next read is the table's tail.
+    assert contents(await api.get("d")) == ["before", "written during the outage"]
+    assert_cache_is_tail(survivor, raw_redis, "d")
