@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .errors import StoreUnavailableError
 from .loops import PerLoop
 from .postgres import aclose_quietly, close_quietly, create_engines, store_error
-from .records import ConversationSummary, EncodedMessage, StoredMessage, StoredRow, WrittenRow
+from .records import EncodedMessage, StoredMessage, WrittenRow
 from .schema import MessageTable
 from .statements import MessageStatements
+from .store_views import OperatorQueries
 
 __all__ = ["MessageStore"]
 
@@ -51,7 +52,7 @@ class _LoopEngine:
     gate: asyncio.Semaphore | None
 
 
-class MessageStore:
+class MessageStore(OperatorQueries):
     """Reads and writes one conversation's messages in the mapped ``messages`` table.
 
     ``async_engine_factory`` makes an async engine per event loop (what :meth:`from_url` does);
@@ -306,58 +307,6 @@ class MessageStore:
             "count messages", self.sql.count, params, lambda r: int(r.scalar_one())
         )
 
-    def _transcript_args(
-        self, session_id: str, limit: int | None, before_id: int | None
-    ) -> tuple[Any, dict[str, Any]]:
-        params = self._params(session_id, limit=limit, before_id=before_id)
-        return self.sql.transcript(before_id, limit), params
-
-    def transcript(
-        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
-    ) -> list[StoredRow]:
-        """The conversation's rows with their ids and metadata, oldest first (the last ``limit``
-        before row ``before_id``, or all)."""
-        stmt, params = self._transcript_args(session_id, limit, before_id)
-        return self._fetch("read a transcript", stmt, params, self.sql.transcript_rows)
-
-    async def atranscript(
-        self, session_id: str, *, limit: int | None = None, before_id: int | None = None
-    ) -> list[StoredRow]:
-        """Async :meth:`transcript`."""
-        stmt, params = self._transcript_args(session_id, limit, before_id)
-        return await self._afetch("read a transcript", stmt, params, self.sql.transcript_rows)
-
-    @staticmethod
-    def _reply(result: Any) -> tuple[str, str | None] | None:
-        row = result.one_or_none()
-        return None if row is None else (row[0], row[1])
-
-    def _turn_params(self, session_id: str, turn_id: str) -> dict[str, Any]:
-        escaped = turn_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return self._params(session_id, turn_prefix=f"{escaped}:")
-
-    def turn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
-        """``(message uid, provider sid)`` of the last message stored with id ``<turn_id>:<n>``."""
-        params = self._turn_params(session_id, turn_id)
-        return self._fetch("read a turn's reply", self.sql.turn_reply(), params, self._reply)
-
-    async def aturn_reply(self, session_id: str, turn_id: str) -> tuple[str, str | None] | None:
-        """Async :meth:`turn_reply`."""
-        params = self._turn_params(session_id, turn_id)
-        return await self._afetch("read a turn's reply", self.sql.turn_reply(), params, self._reply)
-
-    def summaries(self, session_ids: Sequence[str]) -> dict[str, ConversationSummary]:
-        """Message count and last message time of each conversation that has messages."""
-        if not session_ids:
-            return {}
-        by_key = {self.conversation_key(sid): sid for sid in session_ids}
-
-        def shape(result: Any) -> dict[str, ConversationSummary]:
-            return {by_key[key]: ConversationSummary(int(n), last) for key, n, last in result}
-
-        params = {"conversation_ids": list(by_key)}
-        return self._fetch("summarise conversations", self.sql.summaries(), params, shape)
-
     # -- writes ------------------------------------------------------------------------------
 
     def append(self, session_id: str, messages: Sequence[EncodedMessage]) -> list[WrittenRow]:
@@ -400,21 +349,6 @@ class MessageStore:
         """Async :meth:`clear`."""
         params = self._params(session_id)
         return await self._afetch("clear messages", self.sql.clear, params, lambda r: r.rowcount)
-
-    def set_provider_sid(self, session_id: str, message_uid: str, provider_sid: str) -> bool:
-        """Record the provider's id of a stored message (e.g. the Twilio SID of a sent reply);
-        whether the message exists."""
-        params = self._params(session_id, uid=message_uid, new_provider_sid=provider_sid)
-        return self._fetch(
-            "record a provider sid", self.sql.provider_sid(), params, lambda r: r.rowcount == 1
-        )
-
-    async def aset_provider_sid(self, session_id: str, message_uid: str, provider_sid: str) -> bool:
-        """Async :meth:`set_provider_sid`."""
-        params = self._params(session_id, uid=message_uid, new_provider_sid=provider_sid)
-        return await self._afetch(
-            "record a provider sid", self.sql.provider_sid(), params, lambda r: r.rowcount == 1
-        )
 
     # -- stale cache marks (written while Redis was unreachable) -----------------------------
 
