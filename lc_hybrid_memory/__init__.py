@@ -9,12 +9,13 @@ from .errors import (
     InvalidSessionIdError,
     StoreConfigurationError,
     StoreUnavailableError,
+    VectorsUnavailableError,
 )
 from .history import DEFAULT_WINDOW, HybridChatMessageHistory
 from .memory import HybridMemory
 from .memory_views import TranscriptEntry, TurnReply
 from .postgres import async_url, sync_url
-from .recall import MessageRecall, RecalledMessage, RecallIndexer, VectorsUnavailableError
+from .recall import MessageRecall, RecalledMessage, RecallIndexer
 from .records import ConversationSummary
 from .retriever import ConversationRetriever
 from .schema import MessageTable

@@ -1,5 +1,6 @@
 """Semantic recall (L3) as a part of the memory: thin delegation to
-:class:`~lc_hybrid_memory.recall.MessageRecall`, which owns the SQL and the fusion.
+:class:`~lc_hybrid_memory.recall.MessageRecall`, which owns the indexing, the search and the
+fusion.
 
 :class:`RecallMethods` is a part of :class:`~lc_hybrid_memory.memory.HybridMemory`.
 """

@@ -16,8 +16,8 @@ from langchain_core.messages import HumanMessage
 from app.commands import migrate_database
 from app.conversations import metadata as app_metadata
 from lc_hybrid_memory import HybridMemory, MessageStore, MessageTable
+from lc_hybrid_memory.recall_schema import RecallTables
 from lc_hybrid_memory.store import sync_url
-from lc_hybrid_memory.vector_store import RecallStore
 
 
 def _target(engine: sa.Engine, *, vectors: bool) -> sa.MetaData:
@@ -25,7 +25,7 @@ def _target(engine: sa.Engine, *, vectors: bool) -> sa.MetaData:
     for table in app_metadata.tables.values():
         table.to_metadata(target)
     MessageTable().build(target)
-    recall = RecallStore(MessageStore(engine, table=MessageTable()))
+    recall = RecallTables(MessageStore(engine, table=MessageTable()))
     recall.ddl_tables(target, vectors=vectors, references=["conversation_id", "id"])
     return target
 
@@ -39,7 +39,7 @@ def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     migrate_database(fresh_database_url)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
-        vectors = RecallStore.has_extension(conn)  # pgvector where the server has it
+        vectors = RecallTables.has_extension(conn)  # pgvector where the server has it
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         differences = compare_metadata(context, _target(engine, vectors=vectors))
         index_columns = [ix["column_names"] for ix in sa.inspect(conn).get_indexes("messages")]

@@ -1,0 +1,97 @@
+"""Fusing the two rankings of a recall search into the messages returned, best first.
+
+Weighted reciprocal-rank fusion of the vector and the lexical ranks; identical texts collapse
+to their newest occurrence. No I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from langchain_core.messages import BaseMessage
+
+from . import codec
+from .recall_search_sql import Candidate
+
+__all__ = ["RankFusion", "RecalledMessage"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RecalledMessage:
+    """A recalled message with where it is stored and how well it matched."""
+
+    message: BaseMessage
+    id: int
+    message_uid: str | None
+    role: str
+    created_at: datetime | None
+    score: float
+    vector_rank: int | None
+    lexical_rank: int | None
+
+
+def _decode(cand: Candidate) -> BaseMessage | None:
+    try:
+        if cand.payload is not None:
+            return codec.decode(cand.payload)
+        return codec.decode(codec.from_role_and_content(cand.role or "", cand.content))
+    except codec.DecodeError:
+        logger.error("skipping undecodable message %s in recall", cand.id)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RankFusion:
+    """Weighted reciprocal-rank fusion: ``weight / (rrf_k + rank)`` summed over the sides."""
+
+    rrf_k: int = 60
+    vector_weight: float = 1.0
+    lexical_weight: float = 0.2
+
+    def score(self, cand: Candidate) -> float:
+        score = 0.0
+        if cand.vector_rank is not None:
+            score += self.vector_weight / (self.rrf_k + cand.vector_rank)
+        if cand.lexical_rank is not None:
+            score += self.lexical_weight / (self.rrf_k + cand.lexical_rank)
+        return score
+
+    def fuse(self, candidates: list[Candidate], k: int) -> list[RecalledMessage]:
+        """The ``k`` best candidates; identical texts collapse to the newest occurrence."""
+        scored = sorted(
+            ((self.score(cand), cand) for cand in candidates),
+            key=lambda item: (-item[0], -item[1].id),
+        )
+        best: dict[str, tuple[float, Candidate, BaseMessage]] = {}
+        order: list[str] = []
+        for score, cand in scored:
+            message = _decode(cand)
+            if message is None:
+                continue
+            body = codec.plain_text(message)
+            seen = best.get(body)
+            if seen is None:
+                best[body] = (score, cand, message)
+                order.append(body)
+            elif cand.id > seen[1].id:  # same text, newer: keep the better score, newer row
+                best[body] = (seen[0], cand, message)
+        results = []
+        for body in order[:k]:
+            score, cand, message = best[body]
+            results.append(
+                RecalledMessage(
+                    message=message,
+                    id=cand.id,
+                    message_uid=cand.message_uid,
+                    role=codec.role_of(message),
+                    created_at=cand.created_at,
+                    score=score,
+                    vector_rank=cand.vector_rank,
+                    lexical_rank=cand.lexical_rank,
+                )
+            )
+        return results
