@@ -72,16 +72,20 @@ def quality(url: str, embeddings: Any, conversations: int, length: int) -> dict[
     }
     base = memory.recall_index
     assert base is not None
+
+    def variant(**options: Any) -> MessageRecall:
+        return MessageRecall(memory.store, embeddings, **options)
+
     variants: dict[str, MessageRecall] = {
-        "lexical (full-text)": MessageRecall(memory.store, None),
-        "vector": MessageRecall(memory.store, embeddings, lexical_weight=0.0),
-        "hybrid RRF 1:0.2 (default)": base,
-        "hybrid RRF 1:1": MessageRecall(memory.store, embeddings, lexical_weight=1.0),
-        "hybrid RRF 1:0.5": MessageRecall(memory.store, embeddings, lexical_weight=0.5),
-        "hybrid RRF 1:0.1": MessageRecall(memory.store, embeddings, lexical_weight=0.1),
-        "hybrid RRF 1:1, all words": MessageRecall(
-            memory.store, embeddings, lexical_weight=1.0, common_share=1.0
+        "lexical (full-text, specific words)": MessageRecall(memory.store, None),
+        "vector": variant(lexical_weight=0.0),
+        "**hybrid (default): specific words, RRF 1:1**": base,
+        "hybrid: specific words, RRF 1:0.2": variant(lexical_weight=0.2),
+        "hybrid: stop words kept, RRF 1:1": variant(stopwords=()),
+        "hybrid: words in ≤ 2 % of messages, RRF 1:0.2 (before)": variant(
+            common_share=0.02, stopwords=(), lexical_weight=0.2
         ),
+        "hybrid: all words, RRF 1:1": variant(common_share=1.0, stopwords=()),
     }
     rows: dict[str, dict[str, Any]] = {}
     for kind in ("paraphrase", "exact"):

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -43,7 +44,7 @@ from .recall_embedders import embedder_name, resolve_embeddings
 from .recall_fusion import RankFusion, RecalledMessage
 from .recall_indexing import IndexingMethods, RecallIndexer
 from .recall_schema import RecallTables
-from .recall_search import SearchMethods
+from .recall_search import SearchMethods, Vocabulary
 from .recall_search_sql import SearchStatements
 from .recall_statements import RecallStatements
 from .store import MessageStore
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A text search dictionary is named in SQL: a plain (optionally schema-qualified) name only.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 # pg_advisory_lock key serialising concurrent recall create_schema() calls.
 _SCHEMA_LOCK_KEY = 0x6C6368_726563  # "lchrec"
 
@@ -85,8 +88,10 @@ class MessageRecall(IndexingMethods, SearchMethods):
         candidates: how many of each side's best are fused.
         rrf_k: the reciprocal-rank-fusion constant.
         vector_weight, lexical_weight: weights of the two rankings in the fusion.
-        common_share: query words found in more than this share of the table's messages
-            (Postgres's statistics of the lexemes) are left out of the lexical side.
+        common_share: the lexical side searches only specific words: query words found in
+            more than this share of the table's messages (Postgres's statistics of the
+            lexemes) are left out of it, and so are the stop words of the ``stopwords``
+            text search dictionaries (snowball's English and Portuguese by default).
         roles: roles whose messages are indexed (tool results and system prompts are not).
         batch_size: messages embedded per transaction.
         require_vectors: raise :class:`VectorsUnavailableError` instead of recalling lexically
@@ -105,8 +110,9 @@ class MessageRecall(IndexingMethods, SearchMethods):
         candidates: int = 50,
         rrf_k: int = 60,
         vector_weight: float = 1.0,
-        lexical_weight: float = 0.2,
-        common_share: float = 0.02,
+        lexical_weight: float = 1.0,
+        common_share: float = 0.001,
+        stopwords: Sequence[str] = ("english_stem", "portuguese_stem"),
         roles: Sequence[str] = ("user", "assistant"),
         batch_size: int = 64,
         require_vectors: bool = False,
@@ -125,7 +131,11 @@ class MessageRecall(IndexingMethods, SearchMethods):
             rrf_k=rrf_k, vector_weight=vector_weight, lexical_weight=lexical_weight
         )
         self.common_share = common_share
-        self._common: tuple[float, list[str]] = (float("-inf"), [])  # (read at, lexemes)
+        for name in stopwords:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"not a text search dictionary name: {name!r}")
+        self.stopwords = tuple(stopwords)
+        self._vocabulary = Vocabulary()  # the table's common words, read when due
         self.roles = frozenset(roles)
         self.batch_size = batch_size
         self.require_vectors = require_vectors

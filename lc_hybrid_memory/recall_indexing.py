@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from . import codec
 from .recall_embedders import unit_vector
 from .recall_schema import vector_literal
+from .recall_search import Vocabulary
 from .recall_statements import PendingRow
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class IndexingMethods:
         roles: frozenset[str]
         batch_size: int
         _vectors: bool | None
+        _vocabulary: Vocabulary
 
         def _run(
             self, what: str, work: Callable[[Connection], T], *, transaction: bool = False
@@ -61,6 +63,14 @@ class IndexingMethods:
         def vectors_available(self) -> bool: ...
 
         async def avectors_available(self) -> bool: ...
+
+    def _gather_statistics(self, conn: Connection) -> None:
+        """ANALYZE the lexemes table if it has no statistics yet (a new table: autovacuum
+        would in a while), so that the lexical side knows the common words from the start."""
+        analyzed = conn.execute(self.sql.common_lexemes_stmt(1.0, 0)).one()[0]
+        if not analyzed:
+            conn.execute(self.sql.analyze_stmt())
+        self._vocabulary = Vocabulary(analyzed=True)  # statistics exist: read at the next recall
 
     def _texts(self, rows: list[PendingRow]) -> list[str | None]:
         """The text to index for each claimed row (``None``: message gone or not indexed)."""
@@ -147,6 +157,8 @@ class IndexingMethods:
                 break
             processed += claimed
             indexed += written
+        if indexed and not self._vocabulary.analyzed:
+            self._run("gather lexeme statistics", self._gather_statistics)
         return indexed
 
     async def aindex_pending(self, *, limit: int | None = None) -> int:
@@ -176,6 +188,11 @@ class IndexingMethods:
                 break
             processed += claimed
             indexed += written
+        if indexed and not self._vocabulary.analyzed:
+            await self._arun(
+                "gather lexeme statistics",
+                lambda conn: conn.run_sync(self._gather_statistics),
+            )
         return indexed
 
     def backfill(self) -> int:

@@ -127,9 +127,9 @@ class RecallTables:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _qualified(self, table: Table) -> str:
-        preparer = self._preparer
-        return preparer.format_table(table)
+    def qualified(self, table: Table) -> str:
+        """``table``'s name as it is spelled in SQL (quoted, with its schema)."""
+        return self._preparer.format_table(table)
 
     @property
     def _preparer(self) -> Any:
@@ -209,7 +209,7 @@ class RecallTables:
     def has_trigger(self, conn: Connection) -> bool:
         row = conn.execute(
             text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass(:rel)"),
-            {"name": self.trigger_name, "rel": self._qualified(self.messages)},
+            {"name": self.trigger_name, "rel": self.qualified(self.messages)},
         ).first()
         return row is not None
 
@@ -240,15 +240,15 @@ class RecallTables:
     def state_stmt(self) -> Executable:
         """Whether the vectors and the lexical tables exist (one row of two booleans)."""
         return select(
-            func.to_regclass(literal(self._qualified(self.vectors))).isnot(None),
-            func.to_regclass(literal(self._qualified(self.lexemes))).isnot(None),
+            func.to_regclass(literal(self.qualified(self.vectors))).isnot(None),
+            func.to_regclass(literal(self.qualified(self.lexemes))).isnot(None),
         )
 
     def trigger_ddl(self) -> list[str]:
         """The statement-level AFTER INSERT trigger that enqueues every new message row."""
         q = self._preparer
-        messages = self._qualified(self.messages)
-        queue = self._qualified(self.queue)
+        messages = self.qualified(self.messages)
+        queue = self.qualified(self.queue)
         function = q.quote(self.trigger_name)
         if self.mapping.schema:
             function = f"{q.quote_schema(self.mapping.schema)}.{function}"

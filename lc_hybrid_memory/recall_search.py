@@ -1,9 +1,12 @@
 """Recall: one search statement per query (the conversation's exact vector ranks and its
 full-text ranks), fused into the best messages.
 
-The lexical query leaves out the words found in a large share of the messages (Postgres's own
-statistics of the ``tsvector`` column, re-read every few minutes): they match everything and
-drown the rare words.
+The lexical side searches only the query's specific words: those found in at most
+``common_share`` (0.1 %) of the table's messages according to Postgres's own statistics of the
+``tsvector`` column (re-read every few minutes). A word shared by many messages ("my", "is",
+"from", a frequent name) carries no evidence the vector side lacks and only boosts the wrong
+messages; a specific word (an order number, a rare name) does, and then the lexical rank counts
+as much as the vector rank.
 
 :class:`SearchMethods` is a part of :class:`~lc_hybrid_memory.recall.MessageRecall`.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -27,12 +31,25 @@ if TYPE_CHECKING:
     from .recall_statements import RecallStatements
     from .store import MessageStore
 
-__all__ = ["SearchMethods"]
+__all__ = ["SearchMethods", "Vocabulary"]
 
 T = TypeVar("T")
 
-# How often the statistics of common words are re-read (they change with ANALYZE only).
+# How often the statistics of common words are re-read (they change with ANALYZE only), and
+# how often while the table has none yet.
 _COMMON_REFRESH_SECONDS = 600.0
+_UNANALYZED_SECONDS = 30.0
+# A word in this many messages or fewer is specific whatever the share (a small table).
+COMMON_MIN_MESSAGES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """The table's common words as last read from its statistics."""
+
+    read_at: float = float("-inf")
+    analyzed: bool = False
+    common: list[str] = field(default_factory=list)
 
 
 class SearchMethods:
@@ -47,7 +64,8 @@ class SearchMethods:
         model_name: str | None
         candidates: int
         common_share: float
-        _common: tuple[float, list[str]]
+        stopwords: tuple[str, ...]
+        _vocabulary: Vocabulary
 
         def _run(
             self, what: str, work: Callable[[Connection], T], *, transaction: bool = False
@@ -59,28 +77,31 @@ class SearchMethods:
 
         async def avectors_available(self) -> bool: ...
 
-    def _common_due(self) -> bool:
-        return time.monotonic() - self._common[0] > _COMMON_REFRESH_SECONDS
+    def _vocabulary_due(self) -> bool:
+        age = time.monotonic() - self._vocabulary.read_at
+        return age > (_COMMON_REFRESH_SECONDS if self._vocabulary.analyzed else _UNANALYZED_SECONDS)
+
+    def _read_vocabulary(self, row: Any) -> list[str]:
+        self._vocabulary = Vocabulary(time.monotonic(), bool(row[0]), list(row[1]))
+        return self._vocabulary.common
 
     def _common_lexemes(self) -> list[str]:
-        if self._common_due():
-            stmt = self.sql.common_lexemes_stmt(self.common_share)
-            found = self._run("read lexeme statistics", lambda c: c.execute(stmt).scalar_one())
-            self._common = (time.monotonic(), list(found))
-        return self._common[1]
+        if not self._vocabulary_due():
+            return self._vocabulary.common
+        stmt = self.sql.common_lexemes_stmt(self.common_share, COMMON_MIN_MESSAGES)
+        return self._read_vocabulary(
+            self._run("read lexeme statistics", lambda c: c.execute(stmt).one())
+        )
 
     async def _acommon_lexemes(self) -> list[str]:
-        if self._common_due():
-            stmt = self.sql.common_lexemes_stmt(self.common_share)
+        if not self._vocabulary_due():
+            return self._vocabulary.common
+        stmt = self.sql.common_lexemes_stmt(self.common_share, COMMON_MIN_MESSAGES)
 
-            async def work(conn: AsyncConnection) -> Any:
-                return (await conn.execute(stmt)).scalar_one()
+        async def work(conn: AsyncConnection) -> Any:
+            return (await conn.execute(stmt)).one()
 
-            self._common = (
-                time.monotonic(),
-                list(await self._arun("read lexeme statistics", work)),
-            )
-        return self._common[1]
+        return self._read_vocabulary(await self._arun("read lexeme statistics", work))
 
     def _search(
         self,
@@ -94,6 +115,7 @@ class SearchMethods:
             self.store.conversation_key(session_id),
             query=query,
             common=common,
+            stopwords=self.stopwords,
             embedding=embedding,
             model=self.model_name,
             candidates=self.candidates,

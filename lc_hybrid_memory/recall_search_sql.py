@@ -81,6 +81,7 @@ class SearchStatements:
         exclude_recent: int,
         lexical: bool = True,
         common: Sequence[str] = (),
+        stopwords: Sequence[str] = (),
     ) -> Executable:
         """One statement: the best ``candidates`` of each side, joined to their messages."""
         c = self.messages.c
@@ -106,7 +107,7 @@ class SearchStatements:
             sides.append(vec.cte("vector_side"))
         if lexical:
             t = self.lexemes.c
-            tsquery = _any_word_tsquery(self.t.text_search_config, query, common)
+            tsquery = _any_word_tsquery(self.t.text_search_config, query, common, stopwords)
             rank = func.ts_rank_cd(t.tsv, tsquery, 1)
             lex = (
                 select(
@@ -162,10 +163,13 @@ class SearchStatements:
         return [Candidate(*row) for row in result]
 
 
-def _any_word_tsquery(config: str, query: str, common: Sequence[str]) -> Any:
-    """A ``tsquery`` matching any word of ``query`` except the ``common`` lexemes (words in a
-    large share of the messages carry no information and drown the rare ones; with
-    ``plainto_tsquery`` every word would be required). NULL, matching nothing, if none is left.
+def _any_word_tsquery(
+    config: str, query: str, common: Sequence[str], stopwords: Sequence[str]
+) -> Any:
+    """A ``tsquery`` matching any specific word of ``query``: not one of the ``common``
+    lexemes, and not a stop word of the ``stopwords`` dictionaries (``ts_lexize`` gives a stop
+    word no lexeme). Such words carry no information and drown the rare ones; with
+    ``plainto_tsquery`` every word would be required. NULL, matching nothing, if none is left.
 
     The parser never puts quotes or backslashes in a lexeme, so ``quote_literal`` gives the
     tsquery spelling of each.
@@ -174,11 +178,13 @@ def _any_word_tsquery(config: str, query: str, common: Sequence[str]) -> Any:
         text(
             "SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery "
             f"FROM unnest(tsvector_to_array(to_tsvector('{config}'::regconfig, :query))) "
-            "AS lexeme WHERE lexeme <> ALL(:common)"
+            "AS lexeme WHERE lexeme <> ALL(:common) AND NOT EXISTS (SELECT FROM "
+            "unnest(CAST(:stopwords AS regdictionary[])) AS d WHERE ts_lexize(d, lexeme) = '{}')"
         )
         .bindparams(
             bindparam("query", query, type_=Text),
             bindparam("common", list(common), type_=ARRAY(Text)),
+            bindparam("stopwords", list(stopwords), type_=ARRAY(Text)),
         )
         .columns(column("tsquery", _TSQUERY))
         .scalar_subquery()

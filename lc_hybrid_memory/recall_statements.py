@@ -135,15 +135,29 @@ class RecallStatements:
         stmt = pg_insert(self.queue).from_select(["conversation_id", "message_id"], rows)
         return stmt.on_conflict_do_nothing()
 
-    def common_lexemes_stmt(self, share: float) -> Executable:
-        """The lexemes in more than ``share`` of the messages, from Postgres's own statistics
-        of the ``tsvector`` column (``ANALYZE``/autovacuum keep them; none before that)."""
+    def common_lexemes_stmt(self, share: float, min_messages: int) -> Executable:
+        """Whether the ``tsvector`` column has statistics, and the lexemes found in more than
+        ``share`` of the messages and in more than ``min_messages`` of them according to those
+        (Postgres's own, kept by ANALYZE and autovacuum; one row)."""
         return text(
-            "SELECT coalesce(array_agg(lexeme), '{}') FROM pg_stats, "
-            "unnest(most_common_elems::text::text[], most_common_elem_freqs) AS e(lexeme, share) "
-            "WHERE schemaname = :schema AND tablename = :table AND attname = 'tsv' "
-            "AND lexeme IS NOT NULL AND share > :share"
-        ).bindparams(schema=self.mapping.schema or "public", table=self.lexemes.name, share=share)
+            "SELECT count(*) > 0, coalesce(array_agg(e.lexeme) FILTER "
+            "(WHERE e.lexeme IS NOT NULL AND e.share > :share "
+            "AND e.share * greatest(c.reltuples, 0) > :min_messages), '{}') "
+            "FROM pg_stats s JOIN pg_class c ON c.oid = to_regclass(:qualified) "
+            "LEFT JOIN LATERAL unnest(s.most_common_elems::text::text[], "
+            "s.most_common_elem_freqs) AS e(lexeme, share) ON true "
+            "WHERE s.schemaname = :schema AND s.tablename = :table AND s.attname = 'tsv'"
+        ).bindparams(
+            schema=self.mapping.schema or "public",
+            table=self.lexemes.name,
+            qualified=self.t.qualified(self.lexemes),
+            share=share,
+            min_messages=min_messages,
+        )
+
+    def analyze_stmt(self) -> Executable:
+        """Gather the statistics of the lexemes table now (autovacuum would, later)."""
+        return text(f"ANALYZE {self.t.qualified(self.lexemes)}")
 
     def lag_stmt(self) -> Executable:
         """Pending rows and the age in seconds of the oldest (one row)."""

@@ -352,6 +352,33 @@ async def test_identical_texts_collapse_to_the_most_recent(
     assert [m.id for m in found if m.content == "the code is 1234"] == ["second"]
 
 
+async def test_the_lexical_side_searches_only_specific_words(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    memory = recall_memory_factory(embeddings=counting())
+    memory.add_messages("c1", [HumanMessage("is it from here? my order Z9Q-1234 is late")])
+    memory.add_messages("c1", turns(30))
+    await index(memory, mode)  # a new table: indexing gathers its statistics at once
+    recall_index = memory.recall_index
+    assert recall_index is not None
+
+    async def hits(query: str) -> list[Any]:
+        if mode == "sync":
+            return recall_index.recall("c1", query, k=40)
+        return await recall_index.arecall("c1", query, k=40)
+
+    # "topic" is in every message (common), "is", "it", "from" are stop words: no lexical side.
+    for query in ("topic", "is it from here"):
+        assert [h.lexical_rank for h in await hits(query)] == [None] * 31, query
+    # A specific word: found lexically, and first.
+    found = await hits("what about Z9Q-1234 and its topic?")
+    assert found[0].message.content.endswith("Z9Q-1234 is late")
+    assert found[0].lexical_rank == 1
+    assert [h.lexical_rank for h in found[1:]] == [None] * 30
+    with pytest.raises(ValueError, match="dictionary name"):
+        recall_memory_factory(embeddings=counting(), recall_options={"stopwords": ["x;"]})
+
+
 def test_bad_arguments_are_refused(recall_memory_factory: MemoryFactory) -> None:
     memory = recall_memory_factory(embeddings=counting())
     with pytest.raises(ValueError, match="k must be"):
