@@ -46,5 +46,5 @@ def embedder_name(embeddings: Embeddings) -> str:
 
 def unit_vector(vector: Sequence[float]) -> list[float]:
     """``vector`` scaled to length 1, so that inner product ranks like cosine similarity."""
-    norm = math.sqrt(math.fsum(x * x for x in vector))
+    norm = math.hypot(*vector)
     return [x / norm for x in vector] if norm > 0 else list(vector)

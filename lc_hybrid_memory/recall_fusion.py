@@ -44,6 +44,14 @@ def _decode(cand: Candidate) -> BaseMessage | None:
         return None
 
 
+def _text(cand: Candidate) -> str | None:
+    """The text identical messages share: the ``content`` column, else the decoded text."""
+    if cand.content is not None:
+        return cand.content
+    message = _decode(cand)
+    return codec.plain_text(message) if message is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class RankFusion:
     """Weighted reciprocal-rank fusion: ``weight / (rrf_k + rank)`` summed over the sides."""
@@ -61,27 +69,30 @@ class RankFusion:
         return score
 
     def fuse(self, candidates: list[Candidate], k: int) -> list[RecalledMessage]:
-        """The ``k`` best candidates; identical texts collapse to the newest occurrence."""
+        """The ``k`` best candidates; identical texts collapse to the newest occurrence.
+
+        Texts are compared by the ``content`` column where the table has one (the message's
+        text), so only the messages returned are decoded.
+        """
         scored = sorted(
             ((self.score(cand), cand) for cand in candidates),
             key=lambda item: (-item[0], -item[1].id),
         )
-        best: dict[str, tuple[float, Candidate, BaseMessage]] = {}
-        order: list[str] = []
+        best: dict[str, tuple[float, Candidate]] = {}
         for score, cand in scored:
+            body = _text(cand)
+            if body is None:
+                continue
+            seen = best.get(body)
+            if seen is None:
+                best[body] = (score, cand)
+            elif cand.id > seen[1].id:  # same text, newer: keep the better score, newer row
+                best[body] = (seen[0], cand)
+        results: list[RecalledMessage] = []
+        for score, cand in best.values():  # in score order (dicts keep insertion order)
             message = _decode(cand)
             if message is None:
                 continue
-            body = codec.plain_text(message)
-            seen = best.get(body)
-            if seen is None:
-                best[body] = (score, cand, message)
-                order.append(body)
-            elif cand.id > seen[1].id:  # same text, newer: keep the better score, newer row
-                best[body] = (seen[0], cand, message)
-        results = []
-        for body in order[:k]:
-            score, cand, message = best[body]
             results.append(
                 RecalledMessage(
                     message=message,
@@ -94,4 +105,6 @@ class RankFusion:
                     lexical_rank=cand.lexical_rank,
                 )
             )
+            if len(results) == k:
+                break
         return results

@@ -97,7 +97,6 @@ class IndexingMethods:
         texts: list[str | None],
         vectors: list[list[float]] | None,
     ) -> int:
-        keys = [(r.conversation_id, r.message_id) for r in rows]
         present = [(r, t) for r, t in zip(rows, texts, strict=True) if t is not None]
         if present:
             conn.execute(
@@ -124,7 +123,7 @@ class IndexingMethods:
             conn.execute(self.sql.write_vectors_stmt(), params)
             done = [(r.conversation_id, r.message_id) for r, _ in present]
             conn.execute(self.sql.drop_other_models_stmt(done, self.model_name or ""))
-        conn.execute(self.sql.dequeue_stmt(keys))
+        conn.execute(self.sql.dequeue_stmt([ctid for r in rows for ctid in r.ctids]))
         return sum(1 for _, t in present if t)
 
     def _index_batch(self, conn: Connection, limit: int, semantic: bool) -> tuple[int, int]:
@@ -199,16 +198,22 @@ class IndexingMethods:
         """Enqueue every message without an index entry for the current embedder (existing
         tables, a changed embedder, rows written while the trigger was absent); how many."""
         stmt = self.sql.backfill_stmt(self.model_name, vectors=self.vectors_available())
-        return self._run("enqueue messages", lambda conn: conn.execute(stmt).rowcount)
+
+        def work(conn: Connection) -> int:
+            conn.execute(self.sql.backfill_lock_stmt())
+            return conn.execute(stmt).rowcount
+
+        return self._run("enqueue messages", work, transaction=True)
 
     async def abackfill(self) -> int:
         """Async :meth:`backfill`."""
         stmt = self.sql.backfill_stmt(self.model_name, vectors=await self.avectors_available())
 
         async def work(conn: AsyncConnection) -> int:
+            await conn.execute(self.sql.backfill_lock_stmt())
             return (await conn.execute(stmt)).rowcount
 
-        return await self._arun("enqueue messages", work)
+        return await self._arun("enqueue messages", work, transaction=True)
 
     def lag(self) -> dict[str, float]:
         """``pending`` rows and ``oldest_pending_seconds``."""

@@ -110,8 +110,9 @@ class SearchMethods:
         embedding: list[float] | None,
         exclude_recent: int,
         common: list[str],
-    ) -> Any:
-        return self.search_sql.search_stmt(
+    ) -> tuple[Any, dict[str, Any]]:
+        stmt = self.search_sql.statement(vectors=embedding is not None)
+        return stmt, self.search_sql.params(
             self.store.conversation_key(session_id),
             query=query,
             common=common,
@@ -149,9 +150,11 @@ class SearchMethods:
         if self.vectors_available():
             assert self.embeddings is not None
             embedding = unit_vector(self.embeddings.embed_query(query))
-        stmt = self._search(session_id, query, embedding, exclude_recent, self._common_lexemes())
+        stmt, params = self._search(
+            session_id, query, embedding, exclude_recent, self._common_lexemes()
+        )
         rows = self._run(
-            "recall messages", lambda conn: self.search_sql.candidates(conn.execute(stmt))
+            "recall messages", lambda conn: self.search_sql.candidates(conn.execute(stmt, params))
         )
         return self.fusion.fuse(rows, k)
 
@@ -167,9 +170,9 @@ class SearchMethods:
             assert self.embeddings is not None
             embedding = unit_vector(await self.embeddings.aembed_query(query))
         common = await self._acommon_lexemes()
-        stmt = self._search(session_id, query, embedding, exclude_recent, common)
+        stmt, params = self._search(session_id, query, embedding, exclude_recent, common)
 
         async def work(conn: AsyncConnection) -> list[Candidate]:
-            return self.search_sql.candidates(await conn.execute(stmt))
+            return self.search_sql.candidates(await conn.execute(stmt, params))
 
         return self.fusion.fuse(await self._arun("recall messages", work), k)

@@ -3,7 +3,15 @@ one statement, joined to their messages. SQL only (SQLAlchemy Core), no I/O.
 
 Searches filter the conversation first (the primary key's leading column) and are exact within
 it: never a global ANN index filtered afterwards, which returns fewer than k rows for a narrow
-filter.
+filter. The statement is built once per table (every value is a bound parameter), so it is
+compiled once; its cost is the vector side's scan of the conversation's vectors:
+
+- vector side: ``embedding <#> query`` over the conversation's rows older than the cut-off,
+  top ``candidates`` by a bounded sort (ranks are numbered over those few rows only);
+- lexical side: the ``<messages>_recall_lexical`` function (see
+  :meth:`~lc_hybrid_memory.recall_schema.RecallTables.lexical_function_ddl`), called only when
+  the query has a specific word left (the function is ``STRICT``: a NULL query costs nothing);
+- the cut-off (the ``exclude_recent``-th newest message) read once, from the messages index.
 """
 
 from __future__ import annotations
@@ -13,9 +21,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Text, and_, bindparam, cast, column, func, literal, select, text
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    literal,
+    quoted_name,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.functions import Function
 from sqlalchemy.types import UserDefinedType
 
 from .recall_schema import RecallTables, Vector, vector_literal
@@ -23,6 +47,10 @@ from .recall_schema import RecallTables, Vector, vector_literal
 __all__ = ["Candidate", "SearchStatements"]
 
 _MIN_BIGINT = -(2**63)
+_MAX_BIGINT = 2**63 - 1
+# Rows of the whole table the lexical side reads through the GIN index before it reads the
+# conversation's own rows instead (a word that is not as specific as the statistics said).
+LEXICAL_MAX_MATCHES = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,38 +68,32 @@ class Candidate:
 
 
 class SearchStatements:
-    """The search statement over one set of recall tables.
+    """The search statement over one set of recall tables, and its parameters.
 
     Example::
 
         sql = SearchStatements(RecallTables(store))
-        stmt = sql.search_stmt(key, query="order A7X", embedding=None, model=None,
-                               candidates=50, exclude_recent=0)
+        rows = conn.execute(
+            sql.statement(vectors=False),
+            sql.params(key, query="order A7X", embedding=None, model=None, candidates=50,
+                       exclude_recent=0, common=[], stopwords=["english_stem"]),
+        )
     """
 
     def __init__(self, tables: RecallTables) -> None:
         self.t = tables
         self.lexemes, self.vectors = tables.lexemes, tables.vectors
         self.messages, self.mapping = tables.messages, tables.mapping
+        self._built: dict[bool, Executable] = {}
 
-    def _cutoff(self, key: Any, exclude_recent: int) -> Any:
-        """Row id from which messages are excluded: the ``exclude_recent``-th newest one."""
-        c = self.messages.c
-        if exclude_recent <= 0:
-            return None
-        newest = (
-            select(c.id)
-            .where(and_(c.conversation_id >= key, c.conversation_id <= key))
-            .order_by(c.conversation_id.desc(), c.id.desc())
-            .offset(exclude_recent - 1)
-            .limit(1)
-            .scalar_subquery()
-        )
-        # Fewer messages than exclude_recent: every one of them is recent.
-        return func.coalesce(newest, _MIN_BIGINT)
+    def statement(self, *, vectors: bool) -> Executable:
+        """The search, with the vector side (``vectors``) or lexical only."""
+        if vectors not in self._built:
+            self._built[vectors] = self._build(vectors)
+        return self._built[vectors]
 
-    def search_stmt(
-        self,
+    @staticmethod
+    def params(
         key: Any,
         *,
         query: str,
@@ -79,73 +101,101 @@ class SearchStatements:
         model: str | None,
         candidates: int,
         exclude_recent: int,
-        lexical: bool = True,
-        common: Sequence[str] = (),
-        stopwords: Sequence[str] = (),
-    ) -> Executable:
-        """One statement: the best ``candidates`` of each side, joined to their messages."""
+        common: Sequence[str],
+        stopwords: Sequence[str],
+    ) -> dict[str, Any]:
+        params = {
+            "conversation_key": key,
+            "exclude_recent": exclude_recent,
+            "query": query,
+            "common": list(common),
+            "stopwords": list(stopwords),
+            "candidates": candidates,
+            "max_matches": LEXICAL_MAX_MATCHES,
+        }
+        if embedding is not None:
+            params["query_vector"] = vector_literal(embedding)
+            params["model"] = model
+        return params
+
+    def _cutoff(self, key: Any) -> Any:
+        """Row id from which messages are excluded: the ``exclude_recent``-th newest one."""
         c = self.messages.c
-        cutoff = self._cutoff(key, exclude_recent)
-        sides = []
-        if embedding is not None and model is not None:
-            v = self.vectors.c
-            # Unit-length vectors: inner product orders like cosine and costs less.
-            distance = v.embedding.op("<#>", return_type=Float())(
-                cast(literal(vector_literal(embedding), Text), Vector())
+        exclude = bindparam("exclude_recent", type_=Integer)
+        newest = (
+            select(c.id)
+            .where(and_(c.conversation_id >= key, c.conversation_id <= key))
+            .order_by(c.conversation_id.desc(), c.id.desc())
+            .offset(func.greatest(exclude - 1, 0))
+            .limit(1)
+            .scalar_subquery()
+        )
+        # Fewer messages than exclude_recent: every one of them is recent.
+        before = case((exclude > 0, func.coalesce(newest, _MIN_BIGINT)), else_=_MAX_BIGINT)
+        cutoff = select(cast(before, BigInteger).label("before")).cte("cutoff")
+        return select(cutoff.c.before).scalar_subquery()
+
+    def _vector_ranks(self, key: Any, before: Any) -> Any:
+        v = self.vectors.c
+        query_vector = cast(bindparam("query_vector", type_=Text), Vector())
+        # Unit-length vectors: inner product orders like cosine and costs less.
+        distance = v.embedding.op("<#>", return_type=Float())(query_vector).label("distance")
+        side = (
+            select(v.message_id, distance)
+            .where(
+                v.conversation_id == key,
+                v.model == bindparam("model", type_=Text),
+                v.embedding.isnot(None),
+                v.message_id < before,
             )
-            vec = (
+            .order_by(distance)
+            .limit(bindparam("candidates", type_=Integer))
+            .cte("vector_side")
+        )
+        rank = func.row_number().over(order_by=(side.c.distance, side.c.message_id.desc()))
+        return select(side.c.message_id, rank.label("vector_rank")).cte("vector_ranks")
+
+    def _lexical_ranks(self, key: Any, before: Any) -> Any:
+        schema = self.mapping.schema
+        found = Function(
+            quoted_name(self.t.lexical_function_name, True),
+            key,
+            _specific_words_tsquery(self.t.text_search_config),
+            before,
+            bindparam("candidates", type_=Integer),
+            bindparam("max_matches", type_=Integer),
+            packagenames=(quoted_name(schema, True),) if schema else (),
+        ).table_valued(column("message_id", BigInteger), column("rank", Float))
+        side = found.alias("lexical_side")
+        rank = func.row_number().over(order_by=(side.c.rank.desc(), side.c.message_id.desc()))
+        return select(side.c.message_id, rank.label("lexical_rank")).cte("lexical_ranks")
+
+    def _build(self, vectors: bool) -> Executable:
+        c = self.messages.c
+        key = bindparam("conversation_key", type_=c.conversation_id.type)
+        before = self._cutoff(key)
+        lexical = self._lexical_ranks(key, before)
+        if vectors:
+            vector = self._vector_ranks(key, before)
+            found = (
                 select(
-                    v.message_id.label("message_id"),
-                    func.row_number().over(order_by=distance).label("vector_rank"),
+                    func.coalesce(vector.c.message_id, lexical.c.message_id).label("message_id"),
+                    vector.c.vector_rank,
+                    lexical.c.lexical_rank,
                 )
-                .where(v.conversation_id == key, v.model == model, v.embedding.isnot(None))
-                .order_by(distance)
-                .limit(candidates)
-            )
-            if cutoff is not None:
-                vec = vec.where(v.message_id < cutoff)
-            sides.append(vec.cte("vector_side"))
-        if lexical:
-            t = self.lexemes.c
-            tsquery = _any_word_tsquery(self.t.text_search_config, query, common, stopwords)
-            rank = func.ts_rank_cd(t.tsv, tsquery, 1)
-            lex = (
-                select(
-                    t.message_id.label("message_id"),
-                    func.row_number()
-                    .over(order_by=(rank.desc(), t.message_id.desc()))
-                    .label("lexical_rank"),
+                .select_from(
+                    vector.outerjoin(
+                        lexical, vector.c.message_id == lexical.c.message_id, full=True
+                    )
                 )
-                .where(t.conversation_id == key, t.tsv.op("@@")(tsquery))
-                .order_by(rank.desc(), t.message_id.desc())
-                .limit(candidates)
-            )
-            if cutoff is not None:
-                lex = lex.where(t.message_id < cutoff)
-            sides.append(lex.cte("lexical_side"))
-        if not sides:
-            raise ValueError("a search needs the vector side, the lexical side, or both")
-        if len(sides) == 2:
-            vec_cte, lex_cte = sides
-            ids = select(
-                func.coalesce(vec_cte.c.message_id, lex_cte.c.message_id).label("message_id"),
-                vec_cte.c.vector_rank,
-                lex_cte.c.lexical_rank,
-            ).select_from(
-                vec_cte.outerjoin(lex_cte, vec_cte.c.message_id == lex_cte.c.message_id, full=True)
+                .subquery("found")
             )
         else:
-            side = sides[0]
-            ids = select(
-                side.c.message_id,
-                side.c.vector_rank
-                if "vector_rank" in side.c
-                else literal(None).label("vector_rank"),
-                side.c.lexical_rank
-                if "lexical_rank" in side.c
-                else literal(None).label("lexical_rank"),
-            )
-        found = ids.subquery("found")
+            found = select(
+                lexical.c.message_id,
+                literal(None, Integer).label("vector_rank"),
+                lexical.c.lexical_rank,
+            ).subquery("found")
         m = self.mapping
         return select(
             c.id,
@@ -163,12 +213,10 @@ class SearchStatements:
         return [Candidate(*row) for row in result]
 
 
-def _any_word_tsquery(
-    config: str, query: str, common: Sequence[str], stopwords: Sequence[str]
-) -> Any:
-    """A ``tsquery`` matching any specific word of ``query``: not one of the ``common``
-    lexemes, and not a stop word of the ``stopwords`` dictionaries (``ts_lexize`` gives a stop
-    word no lexeme). Such words carry no information and drown the rare ones; with
+def _specific_words_tsquery(config: str) -> Any:
+    """A ``tsquery`` matching any specific word of the ``query`` parameter: not one of the
+    ``common`` lexemes, and not a stop word of the ``stopwords`` dictionaries (``ts_lexize``
+    gives a stop word no lexeme). Such words carry no information and drown the rare ones; with
     ``plainto_tsquery`` every word would be required. NULL, matching nothing, if none is left.
 
     The parser never puts quotes or backslashes in a lexeme, so ``quote_literal`` gives the
@@ -182,9 +230,9 @@ def _any_word_tsquery(
             "unnest(CAST(:stopwords AS regdictionary[])) AS d WHERE ts_lexize(d, lexeme) = '{}')"
         )
         .bindparams(
-            bindparam("query", query, type_=Text),
-            bindparam("common", list(common), type_=ARRAY(Text)),
-            bindparam("stopwords", list(stopwords), type_=ARRAY(Text)),
+            bindparam("query", type_=Text),
+            bindparam("common", type_=ARRAY(Text)),
+            bindparam("stopwords", type_=ARRAY(Text)),
         )
         .columns(column("tsquery", _TSQUERY))
         .scalar_subquery()

@@ -18,24 +18,30 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    insert,
     literal_column,
     select,
     text,
     tuple_,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql import Executable
 
 from .recall_schema import RecallTables, Vector
 
-__all__ = ["PendingRow", "RecallStatements"]
+__all__ = ["BACKFILL_LOCK_KEY", "PendingRow", "RecallStatements"]
+
+# pg_advisory_xact_lock key serialising backfills.
+BACKFILL_LOCK_KEY = 0x6C6368_626B66  # "lchbkf"
 
 
 @dataclass(frozen=True, slots=True)
 class PendingRow:
-    """A claimed row of the queue; ``payload``/``role``/``content`` are ``None`` if the message
-    is gone."""
+    """A claimed message of the queue (``ctids``: where its queue rows are, to delete them);
+    ``payload``/``role``/``content`` are ``None`` if the message is gone."""
 
+    ctids: tuple[str, ...]
     conversation_id: Any
     message_id: int
     payload: str | None
@@ -60,8 +66,9 @@ class RecallStatements:
     def claim_stmt(self, limit: int) -> Executable:
         """Up to ``limit`` queued rows with their message, locked (others skip them)."""
         q, c = self.queue.c, self.messages.c
+        ctid = cast(literal_column(f"{self.t.qualified(self.queue)}.ctid"), Text)
         return (
-            select(q.conversation_id, q.message_id, *self.t.message_columns())
+            select(ctid, q.conversation_id, q.message_id, *self.t.message_columns())
             .select_from(
                 self.queue.outerjoin(
                     self.messages,
@@ -74,7 +81,15 @@ class RecallStatements:
 
     @staticmethod
     def pending_rows(result: Any) -> list[PendingRow]:
-        return [PendingRow(r[0], r[1], r[2], r[3], r[4]) for r in result]
+        """One per message, with the queue rows naming it (a message queued twice, by a
+        backfill and a re-embedding, is indexed once)."""
+        rows: dict[tuple[Any, int], PendingRow] = {}
+        for ctid, *rest in result:
+            key = (rest[0], rest[1])
+            seen = rows.get(key)
+            ctids = (*seen.ctids, ctid) if seen is not None else (ctid,)
+            rows[key] = PendingRow(ctids, *rest)
+        return list(rows.values())
 
     def write_lexemes_stmt(self) -> Executable:
         """Upsert one message's ``tsvector`` (parameters: conversation_id, message_id, body)."""
@@ -114,9 +129,15 @@ class RecallStatements:
             .where(v.model != model)
         )
 
-    def dequeue_stmt(self, keys: Sequence[tuple[Any, int]]) -> Executable:
-        q = self.queue.c
-        return delete(self.queue).where(tuple_(q.conversation_id, q.message_id).in_(list(keys)))
+    def dequeue_stmt(self, ctids: Sequence[str]) -> Executable:
+        """Delete claimed queue rows by where they are (the queue has no index)."""
+        return text(
+            f"DELETE FROM {self.t.qualified(self.queue)} WHERE ctid = ANY(CAST(:ctids AS tid[]))"
+        ).bindparams(bindparam("ctids", list(ctids), type_=ARRAY(Text)))
+
+    def backfill_lock_stmt(self) -> Executable:
+        """Serialise backfills (each then sees what the previous one queued)."""
+        return select(func.pg_advisory_xact_lock(BACKFILL_LOCK_KEY))
 
     def backfill_stmt(self, model: str | None, *, vectors: bool) -> Executable:
         """Enqueue every message lacking its index entry (a vector of ``model``, or lexemes)."""
@@ -131,9 +152,10 @@ class RecallStatements:
             missing = ~exists().where(
                 and_(t.conversation_id == c.conversation_id, t.message_id == c.id)
             )
-        rows = select(c.conversation_id, c.id).where(missing)
-        stmt = pg_insert(self.queue).from_select(["conversation_id", "message_id"], rows)
-        return stmt.on_conflict_do_nothing()
+        q = self.queue.c
+        queued = exists().where(and_(q.conversation_id == c.conversation_id, q.message_id == c.id))
+        rows = select(c.conversation_id, c.id).where(missing, ~queued)
+        return insert(self.queue).from_select(["conversation_id", "message_id"], rows)
 
     def common_lexemes_stmt(self, share: float, min_messages: int) -> Executable:
         """Whether the ``tsvector`` column has statistics, and the lexemes found in more than

@@ -52,6 +52,31 @@ def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     assert "uq_messages_conversation_id_message_uid" in uniques
 
 
+_FUNCTIONS = (
+    "SELECT p.proname, pg_get_function_arguments(p.oid), p.proconfig, "
+    "regexp_replace(p.prosrc, '\\s+', ' ', 'g') FROM pg_proc p "
+    "WHERE p.proname IN ('messages_recall_enqueue', 'messages_recall_lexical') ORDER BY 1"
+)
+
+
+def test_migrated_recall_functions_are_the_library_functions(fresh_database_url: str) -> None:
+    """The trigger's and the lexical search's functions, as migrated and as the library's
+    create_schema() makes them (in another database)."""
+    migrate_database(fresh_database_url)
+    engine = sa.create_engine(sync_url(fresh_database_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        migrated = conn.execute(sa.text(_FUNCTIONS)).all()
+        conn.execute(sa.text("DROP TRIGGER messages_recall_enqueue ON messages"))
+        for name in ("messages_recall_enqueue()", "messages_recall_lexical"):
+            conn.execute(sa.text(f"DROP FUNCTION {name}"))
+        tables = RecallTables(MessageStore(engine, table=MessageTable()))
+        tables.create_schema(conn, vectors=False)
+        made = conn.execute(sa.text(_FUNCTIONS)).all()
+    engine.dispose()
+    assert [row[0] for row in migrated] == ["messages_recall_enqueue", "messages_recall_lexical"]
+    assert migrated == made
+
+
 def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, servers) -> None:
     # Separate processes, as compose's migrate service, serve and worker would be.
     env = dict(os.environ, DATABASE_URL=fresh_database_url, REDIS_URL=servers.redis_url)
@@ -68,7 +93,7 @@ def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, server
     assert all("latest revision" in out for out, _ in outcomes)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
     engine.dispose()
 
 

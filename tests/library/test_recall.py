@@ -134,6 +134,21 @@ async def test_indexer_crash_mid_batch_loses_nothing_and_reembeds_only_that_batc
     assert scalar(memory, f"SELECT count(*) FROM {table(memory, 'vectors')}") == 10
 
 
+async def test_a_message_queued_twice_is_indexed_once(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    memory = recall_memory_factory(embeddings=counting())
+    memory.add_messages("c1", turns(3))
+    queue = table(memory, "queue")
+    with memory.store.engine.connect() as conn:  # type: ignore[union-attr]
+        conn.execute(sa.text(f"INSERT INTO {queue} SELECT * FROM {queue}"))  # every row twice
+    assert memory.recall_index.backfill() == 0  # already queued: not a third time
+    assert scalar(memory, f"SELECT count(*) FROM {queue}") == 6
+    assert await index(memory, mode) == 3
+    assert sorted(memory.recall_index.embeddings.embedded) == [t.content for t in turns(3)]
+    assert scalar(memory, f"SELECT count(*) FROM {queue}") == 0
+
+
 def test_concurrent_indexers_split_the_queue(recall_memory_factory: MemoryFactory) -> None:
     barrier = threading.Barrier(2, timeout=30)
 
@@ -377,6 +392,36 @@ async def test_the_lexical_side_searches_only_specific_words(
     assert [h.lexical_rank for h in found[1:]] == [None] * 30
     with pytest.raises(ValueError, match="dictionary name"):
         recall_memory_factory(embeddings=counting(), recall_options={"stopwords": ["x;"]})
+
+
+async def test_the_lexical_side_reads_the_conversation_when_a_word_is_not_rare(
+    recall_memory_factory: MemoryFactory, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GIN lookup of the whole table stops at a bound, and the conversation's own
+    lexemes are read instead: the same answer either way."""
+    from lc_hybrid_memory import recall_search_sql
+
+    lexical = recall_memory_factory(embeddings=counting(), recall_options={"common_share": 1.0})
+    for conversation in ("c1", "c2"):
+        lexical.add_messages(
+            conversation, [HumanMessage(f"zebra number {i} of {conversation}") for i in range(6)]
+        )
+    await index(lexical, mode)
+    recall_index = lexical.recall_index
+    assert recall_index is not None
+
+    async def ranks() -> list[tuple[str, int | None]]:
+        if mode == "sync":
+            hits = recall_index.recall("c1", "zebra 3", k=10)
+        else:
+            hits = await recall_index.arecall("c1", "zebra 3", k=10)
+        return sorted((h.message.content, h.lexical_rank) for h in hits)
+
+    through_the_index = await ranks()
+    monkeypatch.setattr(recall_search_sql, "LEXICAL_MAX_MATCHES", 3)  # 12 rows match "zebra"
+    assert await ranks() == through_the_index
+    assert len(through_the_index) == 6 and all(rank for _, rank in through_the_index)
+    assert through_the_index[3] == ("zebra number 3 of c1", 1)
 
 
 def test_bad_arguments_are_refused(recall_memory_factory: MemoryFactory) -> None:
