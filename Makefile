@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 bench-recall: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,recall,bench]'
 	$(BIN)/python -m bench.recall
 
 reliability: $(STAMP)
