@@ -3,6 +3,7 @@
 from .breaker import CircuitBreaker
 from .cache import CacheState, MessageCache
 from .codec import role_of
+from .embeddings import default_embeddings_installed
 from .errors import (
     HybridMemoryError,
     InvalidMessageError,
@@ -46,6 +47,7 @@ __all__ = [
     "VectorsUnavailableError",
     "async_url",
     "canonical_session_id",
+    "default_embeddings_installed",
     "role_of",
     "sync_url",
     "validate_session_id",

@@ -194,10 +194,15 @@ class IndexingMethods:
             )
         return indexed
 
-    def backfill(self) -> int:
+    def backfill(self, *, everything: bool = False) -> int:
         """Enqueue every message without an index entry for the current embedder (existing
-        tables, a changed embedder, rows written while the trigger was absent); how many."""
-        stmt = self.sql.backfill_stmt(self.model_name, vectors=self.vectors_available())
+        tables, a changed embedder, rows written while the trigger was absent); how many.
+
+        ``everything`` enqueues every message (re-embedding all: each new vector replaces the
+        row's old one, which stays searchable until then)."""
+        stmt = self.sql.backfill_stmt(
+            self.model_name, vectors=self.vectors_available(), everything=everything
+        )
 
         def work(conn: Connection) -> int:
             conn.execute(self.sql.backfill_lock_stmt())
@@ -205,9 +210,11 @@ class IndexingMethods:
 
         return self._run("enqueue messages", work, transaction=True)
 
-    async def abackfill(self) -> int:
+    async def abackfill(self, *, everything: bool = False) -> int:
         """Async :meth:`backfill`."""
-        stmt = self.sql.backfill_stmt(self.model_name, vectors=await self.avectors_available())
+        stmt = self.sql.backfill_stmt(
+            self.model_name, vectors=await self.avectors_available(), everything=everything
+        )
 
         async def work(conn: AsyncConnection) -> int:
             await conn.execute(self.sql.backfill_lock_stmt())

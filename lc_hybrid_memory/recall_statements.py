@@ -19,6 +19,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     literal_column,
     select,
     text,
@@ -139,10 +140,15 @@ class RecallStatements:
         """Serialise backfills (each then sees what the previous one queued)."""
         return select(func.pg_advisory_xact_lock(BACKFILL_LOCK_KEY))
 
-    def backfill_stmt(self, model: str | None, *, vectors: bool) -> Executable:
-        """Enqueue every message lacking its index entry (a vector of ``model``, or lexemes)."""
+    def backfill_stmt(
+        self, model: str | None, *, vectors: bool, everything: bool = False
+    ) -> Executable:
+        """Enqueue every message lacking its index entry (a vector of ``model``, or lexemes),
+        or with ``everything`` every message (not already queued)."""
         c = self.messages.c
-        if vectors and model is not None:
+        if everything:
+            missing = literal(True)
+        elif vectors and model is not None:
             v = self.vectors.c
             missing = ~exists().where(
                 and_(v.conversation_id == c.conversation_id, v.message_id == c.id, v.model == model)
