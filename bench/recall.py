@@ -182,7 +182,9 @@ def table(results: dict[str, Any]) -> str:
                     f"{e['min_ms']:.1f} ms |"
                 )
         hnsw = lat.get("hnsw")
-        if hnsw:
+        if hnsw and "error" in hnsw:
+            lines += ["", f"HNSW: {hnsw['error']}"]
+        elif hnsw:
             lines += [
                 "",
                 f"HNSW over the longest conversation only (built in {hnsw['build_s']:.1f} s):",

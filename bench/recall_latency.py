@@ -155,7 +155,10 @@ def latency(
             cell[kind] = _percentiles(times)
         result[str(length)] = cell
     if hnsw:
-        result["hnsw"] = _hnsw(engine, name, f"target-{max(lengths)}-0", model, repeats)
+        try:
+            result["hnsw"] = _hnsw(engine, name, f"target-{max(lengths)}-0", model, repeats)
+        except sa.exc.DBAPIError as exc:  # keep the rest of the run
+            result["hnsw"] = {"error": str(exc.orig).splitlines()[0]}
     memory.close()
     drop(engine, name)
     engine.dispose()
@@ -173,7 +176,8 @@ def _hnsw(engine: sa.Engine, name: str, conversation: str, model: str, repeats: 
         started = time.perf_counter()
         conn.execute(
             sa.text(
-                f"CREATE INDEX bench_recall_hnsw ON {vectors} USING hnsw (embedding vector_ip_ops) "
+                f"CREATE INDEX bench_recall_hnsw ON {vectors} "
+                "USING hnsw ((embedding::vector(384)) vector_ip_ops) "
                 f"WHERE conversation_id = '{conversation}'"
             )
         )
@@ -187,9 +191,9 @@ def _hnsw(engine: sa.Engine, name: str, conversation: str, model: str, repeats: 
             f"SELECT message_id FROM {vectors} WHERE {where} AND conversation_id LIKE '%' "
             "ORDER BY embedding <#> CAST(:q AS vector) LIMIT 10"
         )
-        ann_q = (
+        ann_q = (  # the index's expression: HNSW needs a column of known dimensions
             f"SELECT message_id FROM {vectors} WHERE conversation_id = '{conversation}' "
-            "ORDER BY embedding <#> CAST(:q AS vector) LIMIT 10"
+            "ORDER BY embedding::vector(384) <#> CAST(:q AS vector(384)) LIMIT 10"
         )
         out: dict[str, Any] = {"build_s": build}
         truth = {
