@@ -89,6 +89,9 @@ class Settings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     memory_window: int = 50
     memory_ttl_seconds: int = 3600
+    # Semantic recall (the offline MiniLM embedder of the [recall] extra): the agent's recall
+    # tool and the console's search find older messages by meaning. None → on when installed.
+    recall: bool | None = None
 
     # Operator console (/console/). Off without a token, except on the embedded dev servers,
     # where a dev token is kept in data_dir and printed by `serve`.
@@ -101,6 +104,15 @@ class Settings:
     log_format: str = "text"  # text | json (one JSON object per line)
     worker_metrics_port: int | None = None  # the worker serves /metrics here when set
     auto_migrate: bool | None = None  # None → migrate at start only on the embedded servers
+
+    @property
+    def recall_enabled(self) -> bool:
+        """``RECALL``, or when unset whether the default embedder is installed."""
+        if self.recall is not None:
+            return self.recall
+        from lc_hybrid_memory import default_embeddings_installed
+
+        return default_embeddings_installed()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +151,7 @@ class Settings:
             system_prompt=env.get("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
             memory_window=_int(env, "MEMORY_WINDOW", 50),
             memory_ttl_seconds=_int(env, "MEMORY_TTL_SECONDS", 3600),
+            recall=_bool(env, "RECALL"),
             console_token=env.get("CONSOLE_TOKEN") or None,
             host=env.get("HOST", "127.0.0.1"),
             port=_int(env, "PORT", 5000),

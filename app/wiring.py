@@ -63,6 +63,7 @@ def open_memory(settings: Settings, urls: StorageURLs | None = None) -> HybridMe
         database_url=urls.database_url,
         ttl_seconds=settings.memory_ttl_seconds,
         cluster=settings.redis_cluster,
+        embeddings="default" if settings.recall_enabled else None,
     )
 
 
