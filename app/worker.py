@@ -33,6 +33,7 @@ from rq.job import Job, JobStatus
 from twilio.base.exceptions import TwilioRestException
 
 from .conversations import Conversation
+from .indexing import start_indexer
 from .settings import Settings
 from .turns import TurnRecord, TurnStatus, split_reply
 from .wiring import Services, build_services
@@ -277,10 +278,13 @@ def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool 
     queue = Queue(services.queue.name, connection=connection)
     worker = SimpleWorker([queue], connection=connection)
     logger.info("worker listening on queue %s", services.queue.name)
+    indexer = None if burst else start_indexer(services.memory)
     try:
         if burst:
             return worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
         with _Recoverer(services):
             return worker.work(burst=False, with_scheduler=with_scheduler, logging_level="WARNING")
     finally:
+        if indexer is not None:
+            indexer.stop()
         connection.close()
