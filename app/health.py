@@ -4,6 +4,7 @@ schema is migrated), ``/metrics`` (Prometheus)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ from redis.cluster import RedisCluster
 
 from lc_hybrid_memory.store import sync_url
 
+from .indexing import recall_lag
 from .schema_status import MIGRATE_FIX, schema_status
 from .wiring import Services, redis_client
 
@@ -94,7 +96,12 @@ def create_blueprint(services: Services) -> Blueprint:
         ready = all(value == "ok" for value in results.values())
         if not ready:
             logger.warning("not ready: %s", results)
-        body = jsonify(status="ready" if ready else "unavailable", checks=results)
+        details: dict[str, Any] = {}
+        if ready:  # how far semantic recall's indexer lags (never a reason to be unready)
+            lag = recall_lag(_services().memory)
+            if lag is not None:
+                details["recall"] = lag
+        body = jsonify(status="ready" if ready else "unavailable", checks=results, **details)
         return body, 200 if ready else 503
 
     @blueprint.get("/metrics")
