@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.messages import HumanMessage
 
 from app.commands import migrate_database
@@ -95,6 +96,33 @@ def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, server
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
     engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Did not recognize type 'vector'")
+def test_recall_tables_made_by_the_library_are_adopted(
+    fresh_database_url: str, servers, unique: str
+) -> None:
+    memory = HybridMemory.from_urls(
+        redis_url=servers.redis_url,
+        database_url=fresh_database_url,
+        prefix=f"test:{unique}:",
+        embeddings=DeterministicFakeEmbedding(size=8),
+    )
+    memory.create_schema()  # `hybrid-memory chat` with recall on, before the first migration
+    memory.add_messages("terminal", [HumanMessage("kept", id="m1")])
+
+    migrate_database(fresh_database_url)
+
+    engine = sa.create_engine(sync_url(fresh_database_url))
+    with engine.connect() as conn:
+        vectors = RecallTables.has_extension(conn)
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, _target(engine, vectors=vectors)) == []
+        queued = conn.execute(sa.text("SELECT count(*) FROM messages_recall_queue")).scalar()
+    engine.dispose()
+    assert queued == 1  # by the trigger, not a second time by the migration
+    assert memory.index_pending() == 1
+    memory.close()
 
 
 def test_a_messages_table_made_by_the_library_is_adopted_with_its_rows(
