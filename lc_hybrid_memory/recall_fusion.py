@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from langchain_core.messages import BaseMessage
 
 from . import codec
 from .recall_search_sql import Candidate
 
-__all__ = ["RankFusion", "RecalledMessage"]
+__all__ = ["RankFusion", "RecalledMessage", "with_neighbours"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,42 @@ class RecalledMessage:
     score: float
     vector_rank: int | None
     lexical_rank: int | None
+    neighbour_of: int | None = None  # the row id of the hit this message surrounds
+
+
+def with_neighbours(
+    hits: list[RecalledMessage], rows: list[tuple[Any, ...]]
+) -> list[RecalledMessage]:
+    """Each hit in its place with the messages around it, in the conversation's order; a
+    message shown once (for the best hit it surrounds). ``rows``: the neighbours statement's."""
+    around: dict[int, list[RecalledMessage]] = {}
+    for hit_id, row_id, payload, role, content, uid, created_at in rows:
+        cand = Candidate(row_id, payload, role, content, uid, created_at, None, None)
+        message = _decode(cand)
+        if message is None:
+            continue
+        around.setdefault(hit_id, []).append(
+            RecalledMessage(
+                message=message,
+                id=row_id,
+                message_uid=uid,
+                role=codec.role_of(message),
+                created_at=created_at,
+                score=0.0,
+                vector_rank=None,
+                lexical_rank=None,
+                neighbour_of=hit_id,
+            )
+        )
+    shown = {hit.id for hit in hits}
+    result: list[RecalledMessage] = []
+    for hit in hits:
+        group = sorted([*around.get(hit.id, []), hit], key=lambda r: r.id)
+        for entry in group:
+            if entry is hit or entry.id not in shown:
+                shown.add(entry.id)
+                result.append(entry)
+    return result
 
 
 def _decode(cand: Candidate) -> BaseMessage | None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .recall_embedders import unit_vector
-from .recall_fusion import RankFusion, RecalledMessage
+from .recall_fusion import RankFusion, RecalledMessage, with_neighbours
 from .recall_search_sql import Candidate, SearchStatements
 
 if TYPE_CHECKING:
@@ -123,8 +123,18 @@ class SearchMethods:
             exclude_recent=exclude_recent,
         )
 
+    def _neighbours(
+        self, session_id: str, hits: list[RecalledMessage], neighbours: int, exclude_recent: int
+    ) -> tuple[Any, dict[str, Any]]:
+        return self.search_sql.neighbours_stmt(), {
+            "conversation_key": self.store.conversation_key(session_id),
+            "hit_ids": [hit.id for hit in hits],
+            "neighbours": neighbours,
+            "exclude_recent": exclude_recent,
+        }
+
     @staticmethod
-    def _check(query: str, k: int, exclude_recent: int) -> None:
+    def _check(query: str, k: int, exclude_recent: int, neighbours: int = 0) -> None:
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -137,13 +147,22 @@ class SearchMethods:
             raise ValueError(
                 f"exclude_recent must be a non-negative integer, got {exclude_recent!r}"
             )
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
+            raise ValueError(f"neighbours must be a non-negative integer, got {neighbours!r}")
 
     def recall(
-        self, session_id: str, query: str, *, k: int = 5, exclude_recent: int = 0
+        self,
+        session_id: str,
+        query: str,
+        *,
+        k: int = 5,
+        exclude_recent: int = 0,
+        neighbours: int = 0,
     ) -> list[RecalledMessage]:
         """The ``k`` messages of the conversation best matching ``query``, best first, leaving
-        out its ``exclude_recent`` newest messages."""
-        self._check(query, k, exclude_recent)
+        out its ``exclude_recent`` newest messages; with ``neighbours``, each hit comes with
+        that many messages before and after it (the turn around it), in their order."""
+        self._check(query, k, exclude_recent, neighbours)
         if not query.strip():
             return []
         embedding = None
@@ -156,13 +175,24 @@ class SearchMethods:
         rows = self._run(
             "recall messages", lambda conn: self.search_sql.candidates(conn.execute(stmt, params))
         )
-        return self.fusion.fuse(rows, k)
+        hits = self.fusion.fuse(rows, k)
+        if not neighbours or not hits:
+            return hits
+        stmt, params = self._neighbours(session_id, hits, neighbours, exclude_recent)
+        around = self._run("recall messages", lambda conn: list(conn.execute(stmt, params)))
+        return with_neighbours(hits, around)
 
     async def arecall(
-        self, session_id: str, query: str, *, k: int = 5, exclude_recent: int = 0
+        self,
+        session_id: str,
+        query: str,
+        *,
+        k: int = 5,
+        exclude_recent: int = 0,
+        neighbours: int = 0,
     ) -> list[RecalledMessage]:
         """Async :meth:`recall`."""
-        self._check(query, k, exclude_recent)
+        self._check(query, k, exclude_recent, neighbours)
         if not query.strip():
             return []
         embedding = None
@@ -175,4 +205,12 @@ class SearchMethods:
         async def work(conn: AsyncConnection) -> list[Candidate]:
             return self.search_sql.candidates(await conn.execute(stmt, params))
 
-        return self.fusion.fuse(await self._arun("recall messages", work), k)
+        hits = self.fusion.fuse(await self._arun("recall messages", work), k)
+        if not neighbours or not hits:
+            return hits
+        stmt, params = self._neighbours(session_id, hits, neighbours, exclude_recent)
+
+        async def around(conn: AsyncConnection) -> list[Any]:
+            return list(await conn.execute(stmt, params))
+
+        return with_neighbours(hits, await self._arun("recall messages", around))

@@ -36,6 +36,8 @@ from sqlalchemy import (
     quoted_name,
     select,
     text,
+    true,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import Executable
@@ -85,6 +87,7 @@ class SearchStatements:
         self.lexemes, self.vectors = tables.lexemes, tables.vectors
         self.messages, self.mapping = tables.messages, tables.mapping
         self._built: dict[bool, Executable] = {}
+        self._neighbours: Executable | None = None
 
     def statement(self, *, vectors: bool) -> Executable:
         """The search, with the vector side (``vectors``) or lexical only."""
@@ -211,6 +214,51 @@ class SearchStatements:
     @staticmethod
     def candidates(result: Any) -> list[Candidate]:
         return [Candidate(*row) for row in result]
+
+    def neighbours_stmt(self) -> Executable:
+        """The ``neighbours`` messages before and after each of the ``hit_ids`` (older than the
+        ``exclude_recent`` cut-off): ``(hit, row, payload, role, content, uid, created_at)``."""
+        if self._neighbours is None:
+            self._neighbours = self._build_neighbours()
+        return self._neighbours
+
+    def _build_neighbours(self) -> Executable:
+        c, m = self.messages.c, self.mapping
+        key = bindparam("conversation_key", type_=c.conversation_id.type)
+        before = self._cutoff(key)
+        hits = (
+            func.unnest(bindparam("hit_ids", type_=ARRAY(BigInteger)))
+            .table_valued(column("hit", BigInteger))
+            .render_derived(name="hits")
+        )
+        count = bindparam("neighbours", type_=Integer)
+        columns = [
+            c.id,
+            *self.t.message_columns(),
+            (c.message_uid if m.message_uid is not None else literal(None)).label("uid"),
+            (c.created_at if m.created_at is not None else literal(None)).label("at"),
+        ]
+        in_conversation = and_(c.conversation_id >= key, c.conversation_id <= key)
+        earlier = (
+            select(*columns)
+            .where(in_conversation, c.id < hits.c.hit)
+            .order_by(c.conversation_id.desc(), c.id.desc())
+            .limit(count)
+            .lateral("earlier")
+        )
+        later = (
+            select(*columns)
+            .where(in_conversation, c.id > hits.c.hit, c.id < before)
+            .order_by(c.conversation_id, c.id)
+            .limit(count)
+            .lateral("later")
+        )
+        return union_all(
+            *(
+                select(hits.c.hit, *side.c).select_from(hits.join(side, true()))
+                for side in (earlier, later)
+            )
+        )
 
 
 def _specific_words_tsquery(config: str) -> Any:

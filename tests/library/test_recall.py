@@ -424,6 +424,36 @@ async def test_the_lexical_side_reads_the_conversation_when_a_word_is_not_rare(
     assert through_the_index[3] == ("zebra number 3 of c1", 1)
 
 
+async def test_neighbours_bring_the_turn_around_each_hit(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    memory = recall_memory_factory(embeddings=counting())
+    texts = [f"chat {i}" for i in range(12)]
+    texts[3], texts[6], texts[9] = "the ticket is INC-7", "ticket INC-7 again", "INC-7 closed"
+    memory.add_messages("c1", [HumanMessage(t) for t in texts])
+    memory.add_messages("c2", [HumanMessage("INC-7 elsewhere")])
+    await index(memory, mode)
+
+    async def found(**kw: Any) -> list[str]:
+        return [m.content for m in await recall(memory, mode, "c1", "INC-7", k=3, **kw)]
+
+    hits = await found()
+    assert sorted(hits) == sorted([texts[3], texts[6], texts[9]])
+    # Each hit, best first, with the message before and after it, in the conversation's order.
+    expected = []
+    for hit in hits:
+        at = texts.index(hit)
+        expected += texts[at - 1 : at + 2]
+    assert await found(neighbours=1) == expected
+    # A neighbour shared by two hits is shown once; none comes from the recent messages left
+    # out (here the last two: "chat 10" and "chat 11").
+    wide = await found(neighbours=2, exclude_recent=2)
+    assert len(wide) == len(set(wide)) == 9 and "chat 10" not in wide
+    assert set(wide) == set(texts[1:10])
+    with pytest.raises(ValueError, match="neighbours"):
+        await recall(memory, mode, "c1", "INC-7", neighbours=-1)
+
+
 def test_bad_arguments_are_refused(recall_memory_factory: MemoryFactory) -> None:
     memory = recall_memory_factory(embeddings=counting())
     with pytest.raises(ValueError, match="k must be"):
