@@ -454,6 +454,52 @@ async def test_neighbours_bring_the_turn_around_each_hit(
         await recall(memory, mode, "c1", "INC-7", neighbours=-1)
 
 
+async def test_the_middleware_can_add_recalled_messages_to_the_models_context(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    from lc_hybrid_memory.langgraph import HybridMemoryMiddleware
+    from lc_hybrid_memory.langgraph_recall import RECALLED_HEADER
+
+    class Recording(GenericFakeChatModel):
+        received: list[list[Any]] = Field(default_factory=list)
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Recording:
+            return self
+
+        def _generate(self, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+            self.received.append(list(messages))
+            return super()._generate(messages, *args, **kwargs)
+
+    memory = recall_memory_factory(embeddings=counting())
+    memory.add_messages("c1", [HumanMessage("my locker code is Z-4471"), *turns(8)])
+    memory.index_pending()
+
+    async def ask(recall: int, mid: str) -> list[Any]:
+        model = Recording(messages=iter(["fine"]))
+        middleware = HybridMemoryMiddleware(memory, window=4, recall=recall)
+        agent = create_agent(model, [], system_prompt="Be brief.", middleware=[middleware])
+        state = {"messages": [HumanMessage("what is Z-4471 for?", id=mid)]}
+        config = {"configurable": {"session_id": "c1"}}
+        if mode == "sync":
+            agent.invoke(state, config=config)
+        else:
+            await agent.ainvoke(state, config=config)
+        return model.received[0]
+
+    seen = await ask(2, "SM1")
+    assert seen[0].type == "system" and seen[0].text.startswith("Be brief.")
+    assert RECALLED_HEADER in seen[0].text and "- user: my locker code is Z-4471" in seen[0].text
+    assert len(seen) == 1 + 4 + 1  # the system message, the window, the input
+    stored = [m.text for m in memory.get_messages("c1", window=None)]
+    assert not any(RECALLED_HEADER in text for text in stored)  # the model saw it; not stored
+    assert RECALLED_HEADER not in (await ask(0, "SM2"))[0].text  # off by default
+    with pytest.raises(ValueError, match="embeddings"):
+        HybridMemoryMiddleware(recall_memory_factory(embeddings=None), recall=1)
+
+
 def test_bad_arguments_are_refused(recall_memory_factory: MemoryFactory) -> None:
     memory = recall_memory_factory(embeddings=counting())
     with pytest.raises(ValueError, match="k must be"):
