@@ -79,6 +79,7 @@ def quality(
         "**hybrid (default): specific words, RRF 1:1**": base,
         "hybrid: specific words, RRF 1:0.2": variant(lexical_weight=0.2),
         "hybrid: stop words kept, RRF 1:1": variant(stopwords=()),
+        "hybrid: stop words only (words in ≤ 2 % kept), RRF 1:1": variant(common_share=0.02),
         "hybrid: words in ≤ 2 % of messages, RRF 1:0.2 (before)": variant(
             common_share=0.02, stopwords=(), lexical_weight=0.2
         ),
