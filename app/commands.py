@@ -185,7 +185,9 @@ def _index_inline(app: Any, settings: Settings) -> None:
     if settings.reply_mode == "inline":
         from .indexing import start_indexer
 
-        start_indexer(app.extensions["hybrid_memory"].memory)
+        indexer = start_indexer(app.extensions["hybrid_memory"].memory)
+        if indexer is not None:  # before the embedded servers stop (atexit runs last first)
+            atexit.register(indexer.stop)
 
 
 def port_problem(host: str, port: int, error: OSError | None = None) -> str | None:
