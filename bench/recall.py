@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.length,
                 langgraph=not args.no_langgraph,
             ),
-            "write": write_path(srv.database_url, embeddings, 40 if args.smoke else 1000),
+            "write": write_path(srv.database_url, embeddings, 40 if args.smoke else 3000),
             "latency": latency(
                 srv.database_url,
                 embeddings,
