@@ -31,7 +31,7 @@ def start_indexer(memory: HybridMemory) -> RecallIndexer | None:
     if memory.recall_index is None:
         return None
     indexer = memory.start_indexer(interval=INDEX_INTERVAL_SECONDS)
-    logger.info("recall indexer started")
+    logger.debug("recall indexer started")
     return indexer
 
 
