@@ -65,6 +65,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 bench-recall: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded,app,dev,prometheus,recall,bench]'
 	$(BIN)/python -m bench.recall
 
 reliability: $(STAMP)

@@ -225,7 +225,9 @@ class ChatAgent:
         self.window = settings.memory_window
         self.wiring = wiring
         self.model = model if model is not None else build_model(settings)
-        self.tools = default_tools(memory) if tools is None else list(tools)
+        self.tools = (
+            default_tools(memory, window=settings.memory_window) if tools is None else list(tools)
+        )
         middleware = [HybridMemoryMiddleware(memory, window=self.window)]
         self.graph = create_agent(
             self.model,

@@ -38,6 +38,8 @@ _NAME_STATEMENT = re.compile(r"\bmy name is\s+([^\W\d_][\w'-]*(?:\s+[A-Z][\w'-]*
 _NAME_QUESTION = re.compile(r"\b(what(?:'s| is) my name|who am i)\b", re.I)
 _TIME_QUESTION = re.compile(r"\b(what time|the time|current time|what day|today's date)\b", re.I)
 _RECALL_REQUEST = re.compile(r"\brecall\b(?:\s+(?:what\s+i\s+said\s+)?(?:about\s+)?)?(.*)", re.I)
+# A question about the user's own life ("what was my sister's city?"): asked of recall.
+_PERSONAL_QUESTION = re.compile(r"^\s*(what|which|where|who|when)\b.*\bmy\b.*\?\s*$", re.I)
 
 
 class ModelConfigurationError(RuntimeError):
@@ -78,8 +80,9 @@ class OfflineChatModel(BaseChatModel):
 
     It is no language model: a few rules that still exercise the agent's tools and memory.
     It calls ``get_current_time`` when asked the time, ``recall`` when asked to recall
-    something, answers "what is my name?" from an earlier "my name is ..." anywhere in the
-    conversation it is shown, and otherwise repeats what it got and how much it remembers.
+    something or asked a question about the user's own life ("what was my sister's city?"),
+    answers "what is my name?" from an earlier "my name is ..." anywhere in the conversation it
+    is shown, and otherwise repeats what it got and how much it remembers.
     Every answer starts with ``[offline model]``.
     """
 
@@ -138,6 +141,8 @@ class OfflineChatModel(BaseChatModel):
         introduced = _NAME_STATEMENT.search(text)
         if introduced:
             return _say(f"Nice to meet you, {introduced.group(1)}! I will remember that.")
+        if _PERSONAL_QUESTION.search(text) and RECALL in self.bound_tools:
+            return _call(RECALL, {"query": text}, call_id)
         earlier_count = len(messages) - 1 - _leading_system(messages)
         return _say(f"You said: “{text}”. I remember {earlier_count} earlier messages.")
 

@@ -35,10 +35,11 @@ ENVIRONMENT = {
     "CONSOLE_TOKEN": "the console's credential (default: off; a dev token when embedded)",
     "RQ_QUEUE": "the job queue of the async mode (default: hybrid-memory-turns)",
     "WORKER_METRICS_PORT": "serve the worker's /metrics on this port (default: off)",
+    "RECALL": "semantic recall (default: on when the [recall] extra is installed)",
 }
 STORAGE = ("DATABASE_URL, REDIS_URL", "HYBRID_MEMORY_DATA_DIR", "LOG_LEVEL, LOG_FORMAT")
 TWILIO = ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "PUBLIC_BASE_URL")
-MODEL = ("MODEL_PROVIDER, MODEL_NAME", "SYSTEM_PROMPT, MEMORY_WINDOW")
+MODEL = ("MODEL_PROVIDER, MODEL_NAME", "SYSTEM_PROMPT, MEMORY_WINDOW", "RECALL")
 
 
 def _environment(*names: str, **overrides: str) -> str:
@@ -206,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
         "apply the database migrations (safe to run from several processes at once)",
         _environment(*STORAGE),
         "DATABASE_URL=postgresql://app@db/app REDIS_URL=redis://cache:6379/0 hybrid-memory migrate",
+    )
+
+    index = command(
+        "index",
+        "index the messages for semantic recall (what the worker does), with a progress bar",
+        _environment(*STORAGE, "RECALL"),
+        "hybrid-memory index              # what is queued",
+        "hybrid-memory index --backfill   # also the messages stored before recall was on",
+        "hybrid-memory index --reembed    # every message again (a new embedder)",
+    )
+    redo = index.add_mutually_exclusive_group()
+    redo.add_argument(
+        "--backfill",
+        action="store_true",
+        help="first queue every message without an entry for the current embedder",
+    )
+    redo.add_argument(
+        "--reembed",
+        action="store_true",
+        help="first queue every message (old vectors stay searchable until replaced)",
     )
 
     command(

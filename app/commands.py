@@ -44,6 +44,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "worker":
         return run_worker_command(settings)
+    if args.command == "index":
+        return run_index_command(settings, backfill=args.backfill, reembed=args.reembed)
     if args.command == "serve":
         return serve(
             settings,
@@ -89,6 +91,21 @@ def _resolved(settings: Settings) -> tuple[Settings, StorageURLs]:
             urls.database_url, connect_timeout=settings.database_connect_timeout_seconds
         )
     return resolved, urls
+
+
+# -- index ---------------------------------------------------------------------------------------
+
+
+def run_index_command(settings: Settings, *, backfill: bool, reembed: bool) -> int:
+    from .indexing import index_command
+    from .wiring import open_memory
+
+    settings, urls = _resolved(settings)
+    memory = open_memory(settings, urls)
+    try:
+        return index_command(memory, backfill=backfill, reembed=reembed)
+    finally:
+        memory.close()
 
 
 # -- worker --------------------------------------------------------------------------------------
@@ -164,6 +181,7 @@ def serve(
     from . import create_app
 
     app = create_app(settings)
+    _index_inline(app, settings)
     try:
         server = make_server(host, port, app, threaded=True)
     except OSError as exc:  # taken meanwhile
@@ -172,6 +190,17 @@ def serve(
     print(serving_banner(settings, urls, host, server.port), flush=True)
     server.serve_forever()  # Ctrl-C ends it (and closes the socket)
     return 0
+
+
+def _index_inline(app: Any, settings: Settings) -> None:
+    """In inline mode no worker runs: the serving process indexes for recall itself (several
+    gunicorn workers share the queue: each message is taken by one)."""
+    if settings.reply_mode == "inline":
+        from .indexing import start_indexer
+
+        indexer = start_indexer(app.extensions["hybrid_memory"].memory)
+        if indexer is not None:  # before the embedded servers stop (atexit runs last first)
+            atexit.register(indexer.stop)
 
 
 def port_problem(host: str, port: int, error: OSError | None = None) -> str | None:
@@ -267,7 +296,9 @@ def _serve_gunicorn(
             from . import create_app
 
             # One app (pools, agent) per gunicorn worker process, built after the fork.
-            return create_app(settings)
+            app = create_app(settings)
+            _index_inline(app, settings)
+            return app
 
     Application().run()
     return 0

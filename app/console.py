@@ -52,10 +52,12 @@ SECURITY_HEADERS = {
 
 
 def search_messages(services: Services, conversation_id: str, query: str) -> list[BaseMessage]:
-    """The search box over a conversation's messages. Substring search in Postgres for now;
-    when semantic recall lands this one line becomes
-    ``services.memory.recall(conversation_id, query, k=SEARCH_RESULTS)``."""
-    return services.memory.search(conversation_id, query, limit=SEARCH_RESULTS)
+    """The search box over a conversation's messages: semantic recall (meaning and exact
+    words, best first) when it is on, else the substring search in Postgres (newest first)."""
+    memory = services.memory
+    if memory.recall_index is not None:
+        return memory.recall(conversation_id, query, k=SEARCH_RESULTS)
+    return memory.search(conversation_id, query, limit=SEARCH_RESULTS)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ answer, the schema is migrated), ``/metrics`` (Prometheus)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.cluster import RedisCluster
 
 from .database import create_engine
+from .indexing import recall_lag
 from .redis_roles import redis_client
 from .schema_status import MIGRATE_FIX, schema_status
 from .wiring import Services, services
@@ -89,7 +91,12 @@ def create_blueprint(app_services: Services) -> Blueprint:
         ready = all(value == "ok" for value in results.values())
         if not ready:
             logger.warning("not ready: %s", results)
-        body = jsonify(status="ready" if ready else "unavailable", checks=results)
+        details: dict[str, Any] = {}
+        if ready:  # how far semantic recall's indexer lags (never a reason to be unready)
+            lag = recall_lag(services().memory)
+            if lag is not None:
+                details["recall"] = lag
+        body = jsonify(status="ready" if ready else "unavailable", checks=results, **details)
         return body, 200 if ready else 503
 
     @blueprint.get("/metrics")

@@ -119,10 +119,21 @@ class _MemoryCollector(Collector):
         )
         for name, value in stats.items():
             if isinstance(value, int) and not isinstance(value, bool):
-                if name in ("pending_invalidations", "breaker_opened"):
+                if name in ("pending_invalidations", "breaker_opened") or name.startswith(
+                    "recall_"
+                ):
                     continue
                 events.add_metric([name], value)
         yield events
+        if "recall_pending" in stats:  # semantic recall on: how far its indexer lags
+            for name, help_text in (
+                ("recall_pending", "Messages waiting to be indexed for semantic recall"),
+                ("recall_oldest_pending_seconds", "Age of the oldest message waiting for it"),
+            ):
+                gauge = GaugeMetricFamily(f"hybrid_memory_{name}", help_text)
+                value = stats[name]
+                gauge.add_metric([], float("nan") if value is None else float(value))
+                yield gauge
         breaker = GaugeMetricFamily(
             "hybrid_memory_breaker_open", "1 while the Redis circuit breaker is not closed"
         )

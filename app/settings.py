@@ -127,6 +127,9 @@ class Settings:
     system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "SYSTEM_PROMPT")
     memory_window: int = setting(DEFAULT_WINDOW, "MEMORY_WINDOW")
     memory_ttl_seconds: int = setting(3600, "MEMORY_TTL_SECONDS")
+    # Semantic recall (the offline MiniLM embedder of the [recall] extra): the agent's recall
+    # tool and the console's search find older messages by meaning. None: on when installed.
+    recall: bool | None = setting(None, "RECALL")
 
     # -- timeouts. Short on the request path: a stalled server costs a webhook seconds, never
     # Twilio's whole 15 s.
@@ -181,6 +184,15 @@ class Settings:
     def queue_on_cluster(self) -> bool:
         """Whether the turn machinery shares the cache's Redis Cluster."""
         return self.redis_cluster and not self.queue_redis_url
+
+    @property
+    def recall_enabled(self) -> bool:
+        """``RECALL``, or when unset whether the default embedder is installed."""
+        if self.recall is not None:
+            return self.recall
+        from lc_hybrid_memory import default_embeddings_installed
+
+        return default_embeddings_installed()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -161,16 +161,22 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         from .agent import ChatAgent  # langchain and langgraph: only the chat needs them
+        from .indexing import start_indexer
 
         agent = ChatAgent(memory, settings)
-        return chat(
-            agent,
-            session_id,
-            stdin=sys.stdin,
-            stdout=sys.stdout,
-            stderr=sys.stderr,
-            interactive=sys.stdin.isatty(),
-        )
+        indexer = start_indexer(memory)  # recall finds what this chat said, as the app does
+        try:
+            return chat(
+                agent,
+                session_id,
+                stdin=sys.stdin,
+                stdout=sys.stdout,
+                stderr=sys.stderr,
+                interactive=sys.stdin.isatty(),
+            )
+        finally:
+            if indexer is not None:
+                indexer.stop()
     finally:
         store.close()
         memory.close()

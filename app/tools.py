@@ -19,6 +19,11 @@ RECALL_DESCRIPTION = (
     "Search the older messages of this conversation (beyond the recent ones you see) for a "
     "word or phrase; returns the matching messages, oldest first."
 )
+SEMANTIC_RECALL_DESCRIPTION = (
+    "Search the older messages of this conversation (beyond the recent ones you see) by "
+    "meaning or by exact words (names, order numbers): ask a question or give keywords; "
+    "returns the best matching messages."
+)
 
 
 def _now(tz_name: str) -> str:
@@ -53,12 +58,23 @@ def _format(found: list[BaseMessage]) -> str:
     return "Older messages of this conversation that match:\n" + "\n".join(lines)
 
 
-def recall_tool(memory: HybridMemory, *, limit: int = 5) -> BaseTool:
+def _format_best(found: list[BaseMessage]) -> str:
+    if not found:
+        return "Nothing older in this conversation matches."
+    lines = [f"- {role_of(m)}: {m.text}" for m in found]
+    return "Older messages of this conversation, best match first:\n" + "\n".join(lines)
+
+
+def recall_tool(memory: HybridMemory, *, limit: int = 5, window: int = 0) -> BaseTool:
     """A tool searching the conversation's messages in Postgres beyond what the model sees.
 
-    Matches already in the agent's context (the loaded window and this turn) are left out;
-    the search asks for that many more rows so that ``limit`` older matches can still come back.
+    With semantic recall on (the memory was built with ``embeddings``), ``memory.recall``
+    leaves out the ``window`` newest messages (those the model is shown) and ranks the rest by
+    meaning and exact words; otherwise the substring search. Either way, matches already in the
+    agent's context (the loaded window and this turn) are left out; the search asks for that
+    many more rows so that ``limit`` older matches can still come back.
     """
+    semantic = memory.recall_index is not None
 
     def select(runtime: ToolRuntime[Any, Any], found: list[BaseMessage]) -> list[BaseMessage]:
         visible = {m.id for m in runtime.state["messages"] if getattr(m, "id", None)}
@@ -69,19 +85,27 @@ def recall_tool(memory: HybridMemory, *, limit: int = 5) -> BaseTool:
 
     def recall(query: str, runtime: ToolRuntime[Any, Any]) -> str:
         """Search older messages of this conversation for ``query``."""
-        found = memory.search(_session_id(runtime), query, limit=span(runtime))
-        return _format(select(runtime, found))
+        sid, wanted = _session_id(runtime), span(runtime)
+        if semantic:
+            best = memory.recall(sid, query, k=wanted, exclude_recent=window)
+            return _format_best(select(runtime, best))
+        return _format(select(runtime, memory.search(sid, query, limit=wanted)))
 
     async def arecall(query: str, runtime: ToolRuntime[Any, Any]) -> str:
         """Search older messages of this conversation for ``query``."""
-        found = await memory.asearch(_session_id(runtime), query, limit=span(runtime))
-        return _format(select(runtime, found))
+        sid, wanted = _session_id(runtime), span(runtime)
+        if semantic:
+            best = await memory.arecall(sid, query, k=wanted, exclude_recent=window)
+            return _format_best(select(runtime, best))
+        return _format(select(runtime, await memory.asearch(sid, query, limit=wanted)))
 
+    description = SEMANTIC_RECALL_DESCRIPTION if semantic else RECALL_DESCRIPTION
     return StructuredTool.from_function(
-        recall, coroutine=arecall, name=RECALL, description=RECALL_DESCRIPTION
+        recall, coroutine=arecall, name=RECALL, description=description
     )
 
 
-def default_tools(memory: HybridMemory) -> list[BaseTool]:
-    """The tools the app's agent gets: current time and recall."""
-    return [current_time_tool(), recall_tool(memory)]
+def default_tools(memory: HybridMemory, *, window: int = 0) -> list[BaseTool]:
+    """The tools the app's agent gets: current time and recall (``window``: the messages the
+    model is shown, which recall leaves out)."""
+    return [current_time_tool(), recall_tool(memory, window=window)]

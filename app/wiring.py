@@ -66,6 +66,7 @@ def open_memory(settings: Settings, urls: StorageURLs | None = None) -> HybridMe
         ttl_seconds=settings.memory_ttl_seconds,
         redis_timeout=settings.cache_redis_timeout_seconds,
         cluster=settings.redis_cluster,
+        embeddings="default" if settings.recall_enabled else None,
     )
 
 

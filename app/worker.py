@@ -40,6 +40,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from . import wiring
 from .conversations import Conversation
+from .indexing import start_indexer
 from .observability import format_exception_safely
 from .replies import split_reply
 from .settings import Settings
@@ -261,10 +262,13 @@ def run_worker(services: Services, *, burst: bool = False, with_scheduler: bool 
     queue = Queue(services.queue.name, connection=connection)
     worker = TurnWorker([queue], connection=connection)
     logger.info("worker listening on queue %s", services.queue.name)
+    indexer = None if burst else start_indexer(services.memory)
     try:
         if burst:
             return worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
         with _Recoverer(services):
             return worker.work(burst=False, with_scheduler=with_scheduler, logging_level="WARNING")
     finally:
+        if indexer is not None:
+            indexer.stop()
         connection.close()

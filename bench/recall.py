@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -22,19 +23,13 @@ from langchain_core.messages import AIMessage, HumanMessage
 from lc_hybrid_memory import HybridMemory, MessageRecall, MessageTable, sync_url
 
 from . import recall_dataset as rd
+from .recall_langgraph import store_quality
+from .recall_latency import drop, latency, write_path
 from .servers import servers
 
 
 def _messages(texts: list[str]) -> list[Any]:
     return [(HumanMessage if i % 2 == 0 else AIMessage)(t) for i, t in enumerate(texts)]
-
-
-def _drop(engine: sa.Engine, name: str) -> None:
-    with engine.connect() as conn:
-        for part in ("recall_vectors", "recall_text", "recall_queue"):
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}_{part}"'))
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
-        conn.execute(sa.text(f'DROP FUNCTION IF EXISTS "{name}_recall_enqueue"()'))
 
 
 def _score(ranked: list[list[str]], answers: list[str]) -> dict[str, float]:
@@ -50,10 +45,12 @@ def _score(ranked: list[list[str]], answers: list[str]) -> dict[str, float]:
     return {"recall@1": r1 / n, "recall@5": r5 / n, "mrr": rr / n}
 
 
-def quality(url: str, embeddings: Any, conversations: int, length: int) -> dict[str, Any]:
+def quality(
+    url: str, embeddings: Any, conversations: int, length: int, *, langgraph: bool
+) -> dict[str, Any]:
     engine = sa.create_engine(sync_url(url), isolation_level="AUTOCOMMIT")
     name = "bench_recall_quality"
-    _drop(engine, name)
+    drop(engine, name)
     memory = HybridMemory.from_urls(
         redis_url=None, database_url=url, table=MessageTable(name=name), embeddings=embeddings
     )
@@ -71,16 +68,21 @@ def quality(url: str, embeddings: Any, conversations: int, length: int) -> dict[
     }
     base = memory.recall_index
     assert base is not None
+
+    def variant(**options: Any) -> MessageRecall:
+        return MessageRecall(memory.store, embeddings, **options)
+
     variants: dict[str, MessageRecall] = {
-        "lexical (full-text)": MessageRecall(memory.store, None),
-        "vector": MessageRecall(memory.store, embeddings, lexical_weight=0.0),
-        "hybrid RRF 1:0.2 (default)": base,
-        "hybrid RRF 1:1": MessageRecall(memory.store, embeddings, lexical_weight=1.0),
-        "hybrid RRF 1:0.5": MessageRecall(memory.store, embeddings, lexical_weight=0.5),
-        "hybrid RRF 1:0.1": MessageRecall(memory.store, embeddings, lexical_weight=0.1),
-        "hybrid RRF 1:1, all words": MessageRecall(
-            memory.store, embeddings, lexical_weight=1.0, common_share=1.0
+        "lexical (full-text, specific words)": MessageRecall(memory.store, None),
+        "vector": variant(lexical_weight=0.0),
+        "**hybrid (default): specific words, RRF 1:1**": base,
+        "hybrid: specific words, RRF 1:0.2": variant(lexical_weight=0.2),
+        "hybrid: stop words kept, RRF 1:1": variant(stopwords=()),
+        "hybrid: stop words only (words in ≤ 2 % kept), RRF 1:1": variant(common_share=0.02),
+        "hybrid: words in ≤ 2 % of messages, RRF 1:0.2 (before)": variant(
+            common_share=0.02, stopwords=(), lexical_weight=0.2
         ),
+        "hybrid: all words, RRF 1:1": variant(common_share=1.0, stopwords=()),
     }
     rows: dict[str, dict[str, Any]] = {}
     for kind in ("paraphrase", "exact"):
@@ -98,10 +100,23 @@ def quality(url: str, embeddings: Any, conversations: int, length: int) -> dict[
             cell = _score(ranked, answers)
             cell["leaks"] = leaks
             rows.setdefault(label, {})[kind] = cell
+    q = next(q for q in questions if q.kind == "paraphrase")
+    times = []
+    for _ in range(50):  # with the query's embedding, as the store's search below
+        started = time.perf_counter()
+        base.recall(q.conversation, q.text, k=10, exclude_recent=50)
+        times.append(time.perf_counter() - started)
+    search_ms = statistics.median(times) * 1e3
     memory.close()
-    _drop(engine, name)
+    drop(engine, name)
     engine.dispose()
+    store = None
+    if langgraph:
+        store = store_quality(url, embeddings, convs, questions, _score)
+        rows["LangGraph PostgresStore(index=…), same embedder"] = store.pop("cells")
     return {
+        "store": store,
+        "search_ms_p50_with_embedding": search_ms,
         "conversations": conversations,
         "length": length,
         "questions": {k: sum(1 for q in questions if q.kind == k) for k in ("paraphrase", "exact")},
@@ -115,134 +130,6 @@ def codec_text(message: Any) -> str:
     from lc_hybrid_memory import codec
 
     return codec.plain_text(message)
-
-
-def latency(
-    url: str, embeddings: Any, rows: int, lengths: list[int], repeats: int
-) -> dict[str, Any]:
-    """Recall p50/p99 (query embedding excluded) for conversations of ``lengths`` in a table of
-    ``rows`` rows; filler conversations of 1 000 messages with random unit vectors."""
-    engine = sa.create_engine(sync_url(url), isolation_level="AUTOCOMMIT")
-    name = "bench_recall_latency"
-    _drop(engine, name)
-    memory = HybridMemory.from_urls(
-        redis_url=None, database_url=url, table=MessageTable(name=name), embeddings=embeddings
-    )
-    memory.create_schema()
-    recall = memory.recall_index
-    assert recall is not None
-    model = recall.model_name
-    total = max(rows, sum(lengths))
-    with engine.connect() as conn:
-        # Targets first (their own conversations), then fillers up to ``total`` rows.
-        for length in lengths:
-            _fill(conn, name, f"target-{length}", length, model, conversations=1)
-        rest = total - sum(lengths)
-        if rest > 0:
-            _fill(conn, name, "filler", 1000, model, conversations=max(1, rest // 1000))
-        conn.execute(sa.text(f'TRUNCATE "{name}_recall_queue"'))
-        conn.execute(sa.text(f'VACUUM ANALYZE "{name}"'))
-        conn.execute(sa.text(f'VACUUM ANALYZE "{name}_recall_vectors"'))
-        conn.execute(sa.text(f'VACUUM ANALYZE "{name}_recall_text"'))
-        table_rows = conn.execute(sa.text(f'SELECT count(*) FROM "{name}"')).scalar_one()
-    query = "which town does my sibling live in now?"
-    vector = embeddings.embed_query(query)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        embeddings.embed_query(query)
-        timings.append(time.perf_counter() - started)
-    result: dict[str, Any] = {
-        "table_rows": table_rows,
-        "query_embedding_ms_p50": statistics.median(timings) * 1e3,
-    }
-
-    class Fixed:
-        def embed_query(self, text: str) -> list[float]:
-            return vector
-
-    fixed = MessageRecall(memory.store, embeddings, model_name=model)
-    fixed.embeddings = Fixed()  # type: ignore[assignment]  # time the database side only
-    for length in lengths:
-        sid = f"target-{length}-0"
-        fixed.recall(sid, query, k=5, exclude_recent=50)  # warm
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fixed.recall(sid, query, k=5, exclude_recent=50)
-            times.append(time.perf_counter() - started)
-        times.sort()
-        result[str(length)] = {
-            "p50_ms": times[len(times) // 2] * 1e3,
-            "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1e3,
-        }
-    memory.close()
-    _drop(engine, name)
-    engine.dispose()
-    return result
-
-
-def _fill(
-    conn: Any, name: str, prefix: str, length: int, model: str, *, conversations: int
-) -> None:
-    """``conversations`` conversations of ``length`` rows, with lexemes and random vectors."""
-    conn.execute(
-        sa.text(
-            f'INSERT INTO "{name}" (conversation_id, role, content, payload, message_uid) '
-            "SELECT :prefix || '-' || (g / :length), 'user', 'filler ' || g, "
-            """jsonb_build_object('type', 'human', 'data', jsonb_build_object('content', """
-            "'filler message number ' || g || ' about ' || (g % 97))), 'u' || g "
-            "FROM generate_series(0, :n - 1) g"
-        ),
-        {"prefix": prefix, "length": length, "n": length * conversations},
-    )
-    conn.execute(
-        sa.text(
-            f'INSERT INTO "{name}_recall_text" (conversation_id, message_id, tsv) '
-            f"SELECT m.conversation_id, m.id, to_tsvector('simple', m.payload->'data'->>'content') "
-            f'FROM "{name}" m JOIN "{name}_recall_queue" q '
-            "ON q.conversation_id = m.conversation_id AND q.message_id = m.id"
-        )
-    )
-    conn.execute(
-        sa.text(
-            f'INSERT INTO "{name}_recall_vectors" '
-            "(conversation_id, message_id, model, dimensions, embedding) "
-            "SELECT q.conversation_id, q.message_id, :model, 384, "
-            "(SELECT array_agg(random() - 0.5) FROM generate_series(1, 384) "
-            "WHERE q.message_id IS NOT NULL)::vector "
-            f'FROM "{name}_recall_queue" q'
-        ),
-        {"model": model},
-    )
-    conn.execute(sa.text(f'TRUNCATE "{name}_recall_queue"'))
-
-
-def write_path(url: str, embeddings: Any, rounds: int) -> dict[str, Any]:
-    """One turn (two messages) through add_messages, recall on vs off, interleaved."""
-    engine = sa.create_engine(sync_url(url), isolation_level="AUTOCOMMIT")
-    memories = {}
-    for label, emb in (("off", None), ("on", embeddings)):
-        name = f"bench_recall_write_{label}"
-        _drop(engine, name)
-        memory = HybridMemory.from_urls(
-            redis_url=None, database_url=url, table=MessageTable(name=name), embeddings=emb
-        )
-        memory.create_schema()
-        memories[label] = memory
-    times: dict[str, list[float]] = {"off": [], "on": []}
-    for i in range(rounds):
-        for label in ("off", "on") if i % 2 == 0 else ("on", "off"):
-            turn = [HumanMessage(f"question {i}"), AIMessage(f"answer {i}")]
-            started = time.perf_counter()
-            memories[label].add_messages(f"w-{i % 20}", turn)
-            times[label].append(time.perf_counter() - started)
-    for label, memory in memories.items():
-        memory.close()
-        _drop(engine, f"bench_recall_write_{label}")
-    engine.dispose()
-    off, on = statistics.median(times["off"]), statistics.median(times["on"])
-    return {"off_ms_p50": off * 1e3, "on_ms_p50": on * 1e3, "ratio": on / off}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -262,30 +149,58 @@ def table(results: dict[str, Any]) -> str:
             f"| {label} | {p['recall@1']:.2f} | {p['recall@5']:.2f} | {p['mrr']:.2f} | "
             f"{e['recall@1']:.2f} | {e['recall@5']:.2f} | {e['mrr']:.2f} | {leaks} |"
         )
+    lines += ["", f"Indexing: {q['indexing_msgs_per_s']:.0f} messages/s (embedding + writes)."]
+    lines.append(
+        f"Search with the query's embedding, {q['length']}-message conversations: recall "
+        f"{q['search_ms_p50_with_embedding']:.1f} ms p50."
+    )
+    store = q.get("store")
+    if store:
+        lines[-1] += (
+            f" LangGraph's store: {store['search_ms_p50_with_embedding']:.1f} ms p50; it "
+            f"indexed {store['indexing_msgs_per_s']:.0f} messages/s (embedding on put); "
+            f"{store['short_answers']} questions got fewer than 10 results."
+        )
     lat = results.get("latency")
     if lat:
         lines += [
             "",
             f"Latency (database side, query embedding excluded: "
-            f"{lat['query_embedding_ms_p50']:.1f} ms p50), table of {lat['table_rows']:,} rows:",
+            f"{lat['query_embedding_ms_p50']:.1f} ms p50), table of {lat['table_rows']:,} rows, "
+            f"load average {lat['load_average']:.1f} on {os.cpu_count()} cores:",
             "",
-            "| messages in the conversation | recall p50 | p99 |",
-            "|---|---|---|",
+            "| messages in the conversation | paraphrase p50 | p99 | min | exact token p50 | p99 "
+            "| min |",
+            "|---|---|---|---|---|---|---|",
         ]
         for key, cell in lat.items():
-            if isinstance(cell, dict):
+            if key.isdigit():
+                p, e = cell["paraphrase"], cell["exact"]
                 lines.append(
-                    f"| {int(key):,} | {cell['p50_ms']:.1f} ms | {cell['p99_ms']:.1f} ms |"
+                    f"| {int(key):,} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms | "
+                    f"{p['min_ms']:.1f} ms | {e['p50_ms']:.1f} ms | {e['p99_ms']:.1f} ms | "
+                    f"{e['min_ms']:.1f} ms |"
                 )
+        hnsw = lat.get("hnsw")
+        if hnsw and "error" in hnsw:
+            lines += ["", f"HNSW: {hnsw['error']}"]
+        elif hnsw:
+            lines += [
+                "",
+                f"HNSW over the longest conversation only (built in {hnsw['build_s']:.1f} s):",
+            ]
+            for key, cell in hnsw.items():
+                if key.startswith("ef_search"):
+                    lines.append(
+                        f"- {key}: {cell['p50_ms']:.2f} ms p50, recall@10 {cell['recall@10']:.2f}"
+                    )
     w = results.get("write")
     if w:
         lines += [
             "",
             f"Write path (one turn, add_messages): recall off {w['off_ms_p50']:.2f} ms, on "
-            f"{w['on_ms_p50']:.2f} ms p50 — ratio **{w['ratio']:.3f}×**.",
+            f"{w['on_ms_p50']:.2f} ms p50 — ratio **{w['ratio']:.3f}×** (median of paired runs).",
         ]
-    if q.get("indexing_msgs_per_s"):
-        lines += ["", f"Indexing throughput: {q['indexing_msgs_per_s']:.0f} messages/s."]
     return "\n".join(lines) + "\n"
 
 
@@ -298,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="300,10000")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--smoke", action="store_true", help="seconds-long run (tests)")
+    p.add_argument(
+        "--no-langgraph",
+        action="store_true",
+        help="skip LangGraph's PostgresStore (the bench extra: langgraph-checkpoint-postgres)",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.conversations, args.length, args.rows, args.lengths, args.repeats = (
@@ -309,9 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     with servers(args.out) as srv:
         results = {
-            "quality": quality(srv.database_url, embeddings, args.conversations, args.length),
-            "write": write_path(srv.database_url, embeddings, 40 if args.smoke else 600),
-            "latency": latency(srv.database_url, embeddings, args.rows, lengths, args.repeats),
+            "quality": quality(
+                srv.database_url,
+                embeddings,
+                args.conversations,
+                args.length,
+                langgraph=not args.no_langgraph,
+            ),
+            "write": write_path(srv.database_url, embeddings, 40 if args.smoke else 3000),
+            "latency": latency(
+                srv.database_url,
+                embeddings,
+                args.rows,
+                lengths,
+                args.repeats,
+                hnsw=not args.smoke,
+            ),
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recall.json").write_text(json.dumps(results, indent=2))

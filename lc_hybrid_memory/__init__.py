@@ -3,18 +3,20 @@
 from .breaker import CircuitBreaker
 from .cache import CacheState, MessageCache
 from .codec import role_of
+from .embeddings import default_embeddings_installed
 from .errors import (
     HybridMemoryError,
     InvalidMessageError,
     InvalidSessionIdError,
     StoreConfigurationError,
     StoreUnavailableError,
+    VectorsUnavailableError,
 )
 from .history import DEFAULT_WINDOW, HybridChatMessageHistory
 from .memory import HybridMemory
 from .memory_views import TranscriptEntry, TurnReply
 from .postgres import async_url, sync_url
-from .recall import MessageRecall, RecalledMessage, RecallIndexer, VectorsUnavailableError
+from .recall import MessageRecall, RecalledMessage, RecallIndexer
 from .records import ConversationSummary
 from .retriever import ConversationRetriever
 from .schema import MessageTable
@@ -45,6 +47,7 @@ __all__ = [
     "VectorsUnavailableError",
     "async_url",
     "canonical_session_id",
+    "default_embeddings_installed",
     "role_of",
     "sync_url",
     "validate_session_id",

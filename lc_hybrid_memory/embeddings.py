@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import HybridMemoryError
 
-__all__ = ["DEFAULT_MODEL_NAME", "MiniLMEmbeddings", "ModelFileError", "default_embeddings"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "MiniLMEmbeddings",
+    "ModelFileError",
+    "default_embeddings",
+    "default_embeddings_installed",
+]
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
 
@@ -190,3 +196,10 @@ def default_embeddings() -> MiniLMEmbeddings:
     """The default offline embedder (loads lazily; raises :class:`ModelFileError` on first use
     if the ``[recall]`` extra is not installed or its files are not the pinned ones)."""
     return MiniLMEmbeddings()
+
+
+def default_embeddings_installed() -> bool:
+    """Whether the ``[recall]`` extra is installed (its packages are found; nothing is loaded
+    or verified: :meth:`MiniLMEmbeddings.load` does that)."""
+    packages = ("onnxruntime", "tokenizers", "numpy", _MODEL_FILE[0], _TOKENIZER_FILE[0])
+    return all(importlib.util.find_spec(name) is not None for name in packages)

@@ -33,3 +33,7 @@ class StoreUnavailableError(HybridMemoryError, RuntimeError):
 class StoreConfigurationError(HybridMemoryError, RuntimeError):
     """Postgres answered, but the database or the messages table is not what the memory needs
     (missing database, table not created, column missing); the message says what to do."""
+
+
+class VectorsUnavailableError(HybridMemoryError, RuntimeError):
+    """Semantic recall was required but the server has no pgvector (or no vectors table)."""

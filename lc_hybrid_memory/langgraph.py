@@ -32,6 +32,7 @@ from langchain_core.messages.utils import convert_to_messages
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from .history import DEFAULT_WINDOW
+from .langgraph_recall import arecalled_for, recalled_for, with_recalled
 from .turns import (
     LoadedTurn,
     MissingSessionIdError,
@@ -182,6 +183,11 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
     Do not add a checkpointer: the memory already persists the conversation, and the window
     loaded here replaces the state's messages on every run.
 
+    ``recall=N`` (off by default; the memory needs ``embeddings``) adds to each model call the
+    ``N`` older messages best matching the latest user message, beyond the window, to the
+    system message, marked as recalled (:mod:`.langgraph_recall`): the model sees them, the
+    state and the stored conversation do not.
+
     Example:
         .. code-block:: python
 
@@ -201,11 +207,17 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
         *,
         window: int | None = DEFAULT_WINDOW,
         session_key: str = "session_id",
+        recall: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(recall, bool) or not isinstance(recall, int) or recall < 0:
+            raise ValueError(f"recall must be a non-negative integer, got {recall!r}")
+        if recall and memory.recall_index is None:
+            raise ValueError('recall=N needs a memory built with embeddings="default" (or any)')
         self.memory = memory
         self.window = window
         self.session_key = session_key
+        self.recall = recall
 
     def _session_id(self, runtime: Runtime[Any] | None) -> str:
         try:
@@ -280,6 +292,25 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any]):
         """Async :meth:`before_agent`."""
         sid = self._session_id(runtime)
         return self._load(await abegin_turn(self.memory, sid, self._inputs(state), self.window))
+
+    def wrap_model_call(self, request: Any, handler: Any) -> Any:
+        """With ``recall``: the older messages recalled for the latest user message, added to
+        the model's system message."""
+        if not self.recall:
+            return handler(request)
+        sid = self._session_id(request.runtime)
+        found = recalled_for(self.memory, sid, request.messages, self.recall, self.window or 0)
+        return handler(with_recalled(request, found))
+
+    async def awrap_model_call(self, request: Any, handler: Any) -> Any:
+        """Async :meth:`wrap_model_call`."""
+        if not self.recall:
+            return await handler(request)
+        sid = self._session_id(request.runtime)
+        found = await arecalled_for(
+            self.memory, sid, request.messages, self.recall, self.window or 0
+        )
+        return await handler(with_recalled(request, found))
 
     def after_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Store the turn's messages (derived ids) in one write; raise if it fails."""

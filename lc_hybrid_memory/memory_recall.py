@@ -1,5 +1,6 @@
 """Semantic recall (L3) as a part of the memory: thin delegation to
-:class:`~lc_hybrid_memory.recall.MessageRecall`, which owns the SQL and the fusion.
+:class:`~lc_hybrid_memory.recall.MessageRecall`, which owns the indexing, the search and the
+fusion.
 
 :class:`RecallMethods` is a part of :class:`~lc_hybrid_memory.memory.HybridMemory`.
 """
@@ -62,20 +63,38 @@ class RecallMethods:
         return self.recall_index
 
     def recall(
-        self, session_id: str, query: str, *, k: int = 5, exclude_recent: int = 0
+        self,
+        session_id: str,
+        query: str,
+        *,
+        k: int = 5,
+        exclude_recent: int = 0,
+        neighbours: int = 0,
     ) -> list[BaseMessage]:
         """The ``k`` older messages of the conversation best matching ``query`` (hybrid
-        full-text + semantic), best first; ``exclude_recent`` leaves out the newest ones."""
+        full-text + semantic), best first; ``exclude_recent`` leaves out the newest ones;
+        ``neighbours`` adds that many messages before and after each hit (the turn around
+        it), in the conversation's order."""
         sid = self.session_id(session_id)
-        hits = self._recall().recall(sid, query, k=k, exclude_recent=exclude_recent)
+        hits = self._recall().recall(
+            sid, query, k=k, exclude_recent=exclude_recent, neighbours=neighbours
+        )
         return [hit.message for hit in hits]
 
     async def arecall(
-        self, session_id: str, query: str, *, k: int = 5, exclude_recent: int = 0
+        self,
+        session_id: str,
+        query: str,
+        *,
+        k: int = 5,
+        exclude_recent: int = 0,
+        neighbours: int = 0,
     ) -> list[BaseMessage]:
         """Async :meth:`recall`."""
         sid = self.session_id(session_id)
-        hits = await self._recall().arecall(sid, query, k=k, exclude_recent=exclude_recent)
+        hits = await self._recall().arecall(
+            sid, query, k=k, exclude_recent=exclude_recent, neighbours=neighbours
+        )
         return [hit.message for hit in hits]
 
     def index_pending(self, *, limit: int | None = None) -> int:

@@ -11,12 +11,13 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.messages import HumanMessage
 
 from app.commands import migrate_database
 from app.conversations import metadata as app_metadata
 from lc_hybrid_memory import HybridMemory, MessageStore, MessageTable, sync_url
-from lc_hybrid_memory.vector_store import RecallStore
+from lc_hybrid_memory.recall_schema import RecallTables
 
 
 def _target(engine: sa.Engine, *, vectors: bool) -> sa.MetaData:
@@ -24,7 +25,7 @@ def _target(engine: sa.Engine, *, vectors: bool) -> sa.MetaData:
     for table in app_metadata.tables.values():
         table.to_metadata(target)
     MessageTable().build(target)
-    recall = RecallStore(MessageStore(engine, table=MessageTable()))
+    recall = RecallTables(MessageStore(engine, table=MessageTable()))
     recall.ddl_tables(target, vectors=vectors, references=["conversation_id", "id"])
     return target
 
@@ -38,7 +39,7 @@ def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     migrate_database(fresh_database_url)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
-        vectors = RecallStore.has_extension(conn)  # pgvector where the server has it
+        vectors = RecallTables.has_extension(conn)  # pgvector where the server has it
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         differences = compare_metadata(context, _target(engine, vectors=vectors))
         index_columns = [ix["column_names"] for ix in sa.inspect(conn).get_indexes("messages")]
@@ -49,6 +50,31 @@ def test_migrated_schema_is_exactly_the_library_schema_plus_conversations(
     assert primary_key["constrained_columns"] == ["conversation_id", "id"]
     assert ["id"] not in index_columns  # nothing on id alone for the planner to walk
     assert "uq_messages_conversation_id_message_uid" in uniques
+
+
+_FUNCTIONS = (
+    "SELECT p.proname, pg_get_function_arguments(p.oid), p.proconfig, "
+    "regexp_replace(p.prosrc, '\\s+', ' ', 'g') FROM pg_proc p "
+    "WHERE p.proname IN ('messages_recall_enqueue', 'messages_recall_lexical') ORDER BY 1"
+)
+
+
+def test_migrated_recall_functions_are_the_library_functions(fresh_database_url: str) -> None:
+    """The trigger's and the lexical search's functions, as migrated and as the library's
+    create_schema() makes them (in another database)."""
+    migrate_database(fresh_database_url)
+    engine = sa.create_engine(sync_url(fresh_database_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        migrated = conn.execute(sa.text(_FUNCTIONS)).all()
+        conn.execute(sa.text("DROP TRIGGER messages_recall_enqueue ON messages"))
+        for name in ("messages_recall_enqueue()", "messages_recall_lexical"):
+            conn.execute(sa.text(f"DROP FUNCTION {name}"))
+        tables = RecallTables(MessageStore(engine, table=MessageTable()))
+        tables.create_schema(conn, vectors=False)
+        made = conn.execute(sa.text(_FUNCTIONS)).all()
+    engine.dispose()
+    assert [row[0] for row in migrated] == ["messages_recall_enqueue", "messages_recall_lexical"]
+    assert migrated == made
 
 
 def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, servers) -> None:
@@ -67,8 +93,35 @@ def test_hybrid_memory_migrate_runs_concurrently(fresh_database_url: str, server
     assert all("latest revision" in out for out, _ in outcomes)
     engine = sa.create_engine(sync_url(fresh_database_url))
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
     engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Did not recognize type 'vector'")
+def test_recall_tables_made_by_the_library_are_adopted(
+    fresh_database_url: str, servers, unique: str
+) -> None:
+    memory = HybridMemory.from_urls(
+        redis_url=servers.redis_url,
+        database_url=fresh_database_url,
+        prefix=f"test:{unique}:",
+        embeddings=DeterministicFakeEmbedding(size=8),
+    )
+    memory.create_schema()  # `hybrid-memory chat` with recall on, before the first migration
+    memory.add_messages("terminal", [HumanMessage("kept", id="m1")])
+
+    migrate_database(fresh_database_url)
+
+    engine = sa.create_engine(sync_url(fresh_database_url))
+    with engine.connect() as conn:
+        vectors = RecallTables.has_extension(conn)
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, _target(engine, vectors=vectors)) == []
+        queued = conn.execute(sa.text("SELECT count(*) FROM messages_recall_queue")).scalar()
+    engine.dispose()
+    assert queued == 1  # by the trigger, not a second time by the migration
+    assert memory.index_pending() == 1
+    memory.close()
 
 
 def test_a_messages_table_made_by_the_library_is_adopted_with_its_rows(

@@ -134,6 +134,21 @@ async def test_indexer_crash_mid_batch_loses_nothing_and_reembeds_only_that_batc
     assert scalar(memory, f"SELECT count(*) FROM {table(memory, 'vectors')}") == 10
 
 
+async def test_a_message_queued_twice_is_indexed_once(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    memory = recall_memory_factory(embeddings=counting())
+    memory.add_messages("c1", turns(3))
+    queue = table(memory, "queue")
+    with memory.store.engine.connect() as conn:  # type: ignore[union-attr]
+        conn.execute(sa.text(f"INSERT INTO {queue} SELECT * FROM {queue}"))  # every row twice
+    assert memory.recall_index.backfill() == 0  # already queued: not a third time
+    assert scalar(memory, f"SELECT count(*) FROM {queue}") == 6
+    assert await index(memory, mode) == 3
+    assert sorted(memory.recall_index.embeddings.embedded) == [t.content for t in turns(3)]
+    assert scalar(memory, f"SELECT count(*) FROM {queue}") == 0
+
+
 def test_concurrent_indexers_split_the_queue(recall_memory_factory: MemoryFactory) -> None:
     barrier = threading.Barrier(2, timeout=30)
 
@@ -350,6 +365,139 @@ async def test_identical_texts_collapse_to_the_most_recent(
     await index(memory, mode)
     found = await recall(memory, mode, "c1", "code 1234", k=3)
     assert [m.id for m in found if m.content == "the code is 1234"] == ["second"]
+
+
+async def test_the_lexical_side_searches_only_specific_words(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    memory = recall_memory_factory(embeddings=counting())
+    memory.add_messages("c1", [HumanMessage("is it from here? my order Z9Q-1234 is late")])
+    memory.add_messages("c1", turns(30))
+    await index(memory, mode)  # a new table: indexing gathers its statistics at once
+    recall_index = memory.recall_index
+    assert recall_index is not None
+
+    async def hits(query: str) -> list[Any]:
+        if mode == "sync":
+            return recall_index.recall("c1", query, k=40)
+        return await recall_index.arecall("c1", query, k=40)
+
+    # "topic" is in every message (common), "is", "it", "from" are stop words: no lexical side.
+    for query in ("topic", "is it from here"):
+        assert [h.lexical_rank for h in await hits(query)] == [None] * 31, query
+    # A specific word: found lexically, and first.
+    found = await hits("what about Z9Q-1234 and its topic?")
+    assert found[0].message.content.endswith("Z9Q-1234 is late")
+    assert found[0].lexical_rank == 1
+    assert [h.lexical_rank for h in found[1:]] == [None] * 30
+    with pytest.raises(ValueError, match="dictionary name"):
+        recall_memory_factory(embeddings=counting(), recall_options={"stopwords": ["x;"]})
+
+
+async def test_the_lexical_side_reads_the_conversation_when_a_word_is_not_rare(
+    recall_memory_factory: MemoryFactory, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GIN lookup of the whole table stops at a bound, and the conversation's own
+    lexemes are read instead: the same answer either way."""
+    from lc_hybrid_memory import recall_search_sql
+
+    lexical = recall_memory_factory(embeddings=counting(), recall_options={"common_share": 1.0})
+    for conversation in ("c1", "c2"):
+        lexical.add_messages(
+            conversation, [HumanMessage(f"zebra number {i} of {conversation}") for i in range(6)]
+        )
+    await index(lexical, mode)
+    recall_index = lexical.recall_index
+    assert recall_index is not None
+
+    async def ranks() -> list[tuple[str, int | None]]:
+        if mode == "sync":
+            hits = recall_index.recall("c1", "zebra 3", k=10)
+        else:
+            hits = await recall_index.arecall("c1", "zebra 3", k=10)
+        return sorted((h.message.content, h.lexical_rank) for h in hits)
+
+    through_the_index = await ranks()
+    monkeypatch.setattr(recall_search_sql, "LEXICAL_MAX_MATCHES", 3)  # 12 rows match "zebra"
+    assert await ranks() == through_the_index
+    assert len(through_the_index) == 6 and all(rank for _, rank in through_the_index)
+    assert through_the_index[3] == ("zebra number 3 of c1", 1)
+
+
+async def test_neighbours_bring_the_turn_around_each_hit(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    memory = recall_memory_factory(embeddings=counting())
+    texts = [f"chat {i}" for i in range(12)]
+    texts[3], texts[6], texts[9] = "the ticket is INC-7", "ticket INC-7 again", "INC-7 closed"
+    memory.add_messages("c1", [HumanMessage(t) for t in texts])
+    memory.add_messages("c2", [HumanMessage("INC-7 elsewhere")])
+    await index(memory, mode)
+
+    async def found(**kw: Any) -> list[str]:
+        return [m.content for m in await recall(memory, mode, "c1", "INC-7", k=3, **kw)]
+
+    hits = await found()
+    assert sorted(hits) == sorted([texts[3], texts[6], texts[9]])
+    # Each hit, best first, with the message before and after it, in the conversation's order.
+    expected = []
+    for hit in hits:
+        at = texts.index(hit)
+        expected += texts[at - 1 : at + 2]
+    assert await found(neighbours=1) == expected
+    # A neighbour shared by two hits is shown once; none comes from the recent messages left
+    # out (here the last two: "chat 10" and "chat 11").
+    wide = await found(neighbours=2, exclude_recent=2)
+    assert len(wide) == len(set(wide)) == 9 and "chat 10" not in wide
+    assert set(wide) == set(texts[1:10])
+    with pytest.raises(ValueError, match="neighbours"):
+        await recall(memory, mode, "c1", "INC-7", neighbours=-1)
+
+
+async def test_the_middleware_can_add_recalled_messages_to_the_models_context(
+    recall_memory_factory: MemoryFactory, mode: str
+) -> None:
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    from lc_hybrid_memory.langgraph import HybridMemoryMiddleware
+    from lc_hybrid_memory.langgraph_recall import RECALLED_HEADER
+
+    class Recording(GenericFakeChatModel):
+        received: list[list[Any]] = Field(default_factory=list)
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Recording:
+            return self
+
+        def _generate(self, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+            self.received.append(list(messages))
+            return super()._generate(messages, *args, **kwargs)
+
+    memory = recall_memory_factory(embeddings=counting())
+    memory.add_messages("c1", [HumanMessage("my locker code is Z-4471"), *turns(8)])
+    memory.index_pending()
+
+    async def ask(recall: int, mid: str) -> list[Any]:
+        model = Recording(messages=iter(["fine"]))
+        middleware = HybridMemoryMiddleware(memory, window=4, recall=recall)
+        agent = create_agent(model, [], system_prompt="Be brief.", middleware=[middleware])
+        state = {"messages": [HumanMessage("what is Z-4471 for?", id=mid)]}
+        config = {"configurable": {"session_id": "c1"}}
+        if mode == "sync":
+            agent.invoke(state, config=config)
+        else:
+            await agent.ainvoke(state, config=config)
+        return model.received[0]
+
+    seen = await ask(2, "SM1")
+    assert seen[0].type == "system" and seen[0].text.startswith("Be brief.")
+    assert RECALLED_HEADER in seen[0].text and "- user: my locker code is Z-4471" in seen[0].text
+    assert len(seen) == 1 + 4 + 1  # the system message, the window, the input
+    stored = [m.text for m in memory.get_messages("c1", window=None)]
+    assert not any(RECALLED_HEADER in text for text in stored)  # the model saw it; not stored
+    assert RECALLED_HEADER not in (await ask(0, "SM2"))[0].text  # off by default
+    with pytest.raises(ValueError, match="embeddings"):
+        HybridMemoryMiddleware(recall_memory_factory(embeddings=None), recall=1)
 
 
 def test_bad_arguments_are_refused(recall_memory_factory: MemoryFactory) -> None:

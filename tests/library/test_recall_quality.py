@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from bench import recall_dataset as rd
-from lc_hybrid_memory import ConversationRetriever, HybridMemory
+from lc_hybrid_memory import ConversationRetriever, HybridMemory, MessageRecall
 from lc_hybrid_memory.embeddings import MiniLMEmbeddings, ModelFileError, default_embeddings
 from tests.support.servers import MemoryFactory
 
@@ -62,6 +62,32 @@ async def test_recall_finds_paraphrased_and_exact_facts_in_their_own_conversatio
         own = {m.content for m in memory.history(q.conversation, window=None).messages}
         assert set(texts) <= own
     assert misses == []
+
+
+def _ranking_quality(recall: MessageRecall, questions: list[rd.Question]) -> tuple[float, float]:
+    """Recall@1 and MRR (over the top 10) of ``recall`` on ``questions``."""
+    first = reciprocal = 0.0
+    for q in questions:
+        hits = recall.recall(q.conversation, q.text, k=10, exclude_recent=50)
+        texts = [hit.message.content for hit in hits]
+        first += texts[:1] == [q.answer]
+        reciprocal += 1 / (texts.index(q.answer) + 1) if q.answer in texts else 0.0
+    return first / len(questions), reciprocal / len(questions)
+
+
+def test_fusion_is_at_least_as_good_as_the_vector_side_and_better_on_exact_tokens(
+    planted: tuple[HybridMemory, list[rd.Question]], minilm: MiniLMEmbeddings
+) -> None:
+    memory, questions = planted
+    assert memory.recall_index is not None
+    vector = MessageRecall(memory.store, minilm, lexical_weight=0.0)
+    paraphrases = [q for q in questions if q.kind == "paraphrase"]
+    exact = [q for q in questions if q.kind == "exact"]
+    hybrid_r1, hybrid_mrr = _ranking_quality(memory.recall_index, paraphrases)
+    vector_r1, vector_mrr = _ranking_quality(vector, paraphrases)
+    assert (hybrid_r1, hybrid_mrr) >= (vector_r1, vector_mrr)
+    assert hybrid_r1 >= vector_r1 and hybrid_mrr >= vector_mrr
+    assert _ranking_quality(memory.recall_index, exact) == (1.0, 1.0)
 
 
 def test_the_sister_question_after_sixty_more_messages(
