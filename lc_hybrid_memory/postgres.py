@@ -161,3 +161,30 @@ def create_engines(
         )
 
     return sync_engine, async_engine, async_kwargs
+
+
+def run_on_driver(conn: Connection, sql: str, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """``sql`` executed on the DBAPI connection under ``conn``, its rows fetched. A driver error
+    is wrapped as SQLAlchemy would wrap it (parameters hidden) and a dead connection is
+    invalidated, so retries and the error mapping stay the same as through SQLAlchemy."""
+    raw = conn.connection.dbapi_connection
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql, values)
+        return cursor.fetchall()
+    except dbapi_error as exc:
+        gone = conn.dialect.is_disconnect(exc, raw, cursor)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            dbapi_error,
+            hide_parameters=True,
+            connection_invalidated=gone,
+            dialect=conn.dialect,
+        ) from exc
+    finally:
+        cursor.close()

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import StoreUnavailableError
 from .loops import PerLoop
-from .postgres import aclose_quietly, close_quietly, create_engines, store_error
+from .postgres import aclose_quietly, close_quietly, create_engines, run_on_driver, store_error
 from .records import EncodedMessage, StoredMessage, WrittenRow
 from .schema import MessageTable
 from .statements import MessageStatements
@@ -37,11 +37,6 @@ T = TypeVar("T")
 
 # pg_advisory_lock key that serialises concurrent create_schema() calls.
 _SCHEMA_LOCK_KEY = 0x6C6368_6D656D  # "lchmem"
-
-
-def _keys(result: Any) -> list[str]:
-    """Conversation ids as canonical session ids (``str`` of the column's Python value)."""
-    return [str(key) for (key,) in result]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,27 +252,7 @@ class MessageStore(OperatorQueries):
         values.update((k, str(v) if isinstance(v, uuid.UUID) else v) for k, v in params.items())
 
         def work(conn: Connection) -> T:
-            raw = conn.connection.dbapi_connection
-            cursor = raw.cursor()
-            try:
-                cursor.execute(sql, values)
-                rows = cursor.fetchall()
-            except conn.dialect.loaded_dbapi.Error as exc:
-                gone = conn.dialect.is_disconnect(exc, raw, cursor)
-                if gone:
-                    conn.invalidate(exc)
-                raise DBAPIError.instance(
-                    sql,
-                    None,
-                    exc,
-                    conn.dialect.loaded_dbapi.Error,
-                    hide_parameters=True,
-                    connection_invalidated=gone,
-                    dialect=conn.dialect,
-                ) from exc
-            finally:
-                cursor.close()
-            return shape(rows)
+            return shape(run_on_driver(conn, sql, values))
 
         return self._run(what, work, idempotent=idempotent)
 
@@ -406,36 +381,6 @@ class MessageStore(OperatorQueries):
         """Async :meth:`clear`."""
         params = self._params(session_id)
         return await self._afetch("clear messages", self.sql.clear, params, lambda r: r.rowcount)
-
-    # -- stale cache marks (written while Redis was unreachable) -----------------------------
-
-    def mark_stale(self, session_id: str) -> None:
-        """Remember in Postgres that the conversation's cached list may be stale."""
-        params = {"mark_key": self.conversation_key(session_id)}
-        self._fetch("mark a cached list stale", self.sql.mark_stale, params, lambda r: None)
-
-    async def amark_stale(self, session_id: str) -> None:
-        """Async :meth:`mark_stale`."""
-        params = {"mark_key": self.conversation_key(session_id)}
-        await self._afetch("mark a cached list stale", self.sql.mark_stale, params, lambda r: None)
-
-    def take_stale(self, limit: int = 1000) -> list[str]:
-        """Remove and return up to ``limit`` marked conversations, oldest marks first."""
-        return self._fetch(
-            "read stale marks",
-            self.sql.take_stale,
-            {"limit": limit},
-            lambda r: [str(k) for (k,) in r],
-        )
-
-    async def atake_stale(self, limit: int = 1000) -> list[str]:
-        """Async :meth:`take_stale`."""
-        return await self._afetch(
-            "read stale marks",
-            self.sql.take_stale,
-            {"limit": limit},
-            lambda r: [str(k) for (k,) in r],
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The SQL reads and marks beside the chat history: transcripts with their metadata, a turn's
-reply and its delivery mark, conversation summaries. SQL only.
+"""The SQL beside the chat history: transcripts with their metadata, a turn's reply and its
+delivery mark, conversation summaries, and the stale marks of cached lists. SQL only.
 
 :class:`OperatorQueries` is a part of :class:`~lc_hybrid_memory.store.MessageStore`.
 """
@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 __all__ = ["OperatorQueries"]
 
 T = TypeVar("T")
+
+
+def _keys(result: Any) -> list[str]:
+    """Conversation ids as canonical session ids (``str`` of the column's Python value)."""
+    return [str(key) for (key,) in result]
 
 
 class OperatorQueries:
@@ -103,4 +108,34 @@ class OperatorQueries:
         params = self._params(session_id, uid=message_uid, new_provider_sid=provider_sid)
         return await self._afetch(
             "record a provider sid", self.sql.provider_sid(), params, lambda r: r.rowcount == 1
+        )
+
+    # -- stale cache marks (written while Redis was unreachable) -----------------------------
+
+    def mark_stale(self, session_id: str) -> None:
+        """Remember in Postgres that the conversation's cached list may be stale."""
+        params = {"mark_key": self.conversation_key(session_id)}
+        self._fetch("mark a cached list stale", self.sql.mark_stale, params, lambda r: None)
+
+    async def amark_stale(self, session_id: str) -> None:
+        """Async :meth:`mark_stale`."""
+        params = {"mark_key": self.conversation_key(session_id)}
+        await self._afetch("mark a cached list stale", self.sql.mark_stale, params, lambda r: None)
+
+    def take_stale(self, limit: int = 1000) -> list[str]:
+        """Remove and return up to ``limit`` marked conversations, oldest marks first."""
+        return self._fetch(
+            "read stale marks",
+            self.sql.take_stale,
+            {"limit": limit},
+            lambda r: [str(k) for (k,) in r],
+        )
+
+    async def atake_stale(self, limit: int = 1000) -> list[str]:
+        """Async :meth:`take_stale`."""
+        return await self._afetch(
+            "read stale marks",
+            self.sql.take_stale,
+            {"limit": limit},
+            lambda r: [str(k) for (k,) in r],
         )
