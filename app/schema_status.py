@@ -13,12 +13,22 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATE_FIX = "run `hybrid-memory migrate` (or start `serve` with AUTO_MIGRATE=true)"
 
 
+def _not_alembic_chatter(record: object) -> bool:
+    """Keep "Running upgrade 0001 -> 0002"; drop the dialect announcements around it."""
+    message = str(getattr(record, "msg", ""))
+    return not message.startswith(("Context impl", "Will assume"))
+
+
 def quiet_alembic() -> None:
-    """Alembic announces its plugins ("setup plugin ...") at INFO when first imported: not news
+    """Alembic announces its plugins ("setup plugin ...") at INFO when first imported, and its
+    dialect ("Context impl ...", "Will assume transactional DDL") at every migration: not news
     at every start. Called before importing it."""
     import logging
 
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    migration = logging.getLogger("alembic.runtime.migration")
+    if _not_alembic_chatter not in migration.filters:
+        migration.addFilter(_not_alembic_chatter)
 
 
 @lru_cache(maxsize=1)

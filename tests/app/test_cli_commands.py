@@ -297,6 +297,7 @@ def test_serve_says_serving_only_once_bound_without_alembic_chatter(
         )
         assert "serve-test-token" not in banner  # a configured secret is never printed
         assert "setup plugin" not in "".join(seen)
+        assert "Context impl" not in "".join(seen) and "Will assume" not in "".join(seen)
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
     finally:
         server.terminate()
