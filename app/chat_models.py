@@ -38,8 +38,35 @@ _NAME_STATEMENT = re.compile(r"\bmy name is\s+([^\W\d_][\w'-]*(?:\s+[A-Z][\w'-]*
 _NAME_QUESTION = re.compile(r"\b(what(?:'s| is) my name|who am i)\b", re.I)
 _TIME_QUESTION = re.compile(r"\b(what time|the time|current time|what day|today's date)\b", re.I)
 _RECALL_REQUEST = re.compile(r"\brecall\b(?:\s+(?:what\s+i\s+said\s+)?(?:about\s+)?)?(.*)", re.I)
-# A question about the user's own life ("what was my sister's city?"): asked of recall.
+# A question about the user's own life ("what was my sister's city?"): answered from what the
+# model is shown when an earlier message there mentions it, else asked of recall.
 _PERSONAL_QUESTION = re.compile(r"^\s*(what|which|where|who|when)\b.*\bmy\b.*\?\s*$", re.I)
+_WORD = re.compile(r"[^\W\d_]{3,}")
+# Words of a question that say nothing about what it is about.
+_QUESTION_WORDS = frozenset(
+    [
+        "what",
+        "which",
+        "where",
+        "who",
+        "when",
+        "was",
+        "were",
+        "is",
+        "are",
+        "did",
+        "does",
+        "the",
+        "and",
+        "for",
+        "you",
+        "your",
+        "about",
+        "tell",
+        "remember",
+        "know",
+    ]
+)
 
 
 class ModelConfigurationError(RuntimeError):
@@ -141,8 +168,13 @@ class OfflineChatModel(BaseChatModel):
         introduced = _NAME_STATEMENT.search(text)
         if introduced:
             return _say(f"Nice to meet you, {introduced.group(1)}! I will remember that.")
-        if _PERSONAL_QUESTION.search(text) and RECALL in self.bound_tools:
-            return _call(RECALL, {"query": text}, call_id)
+        if _PERSONAL_QUESTION.search(text):
+            # What the model is shown answers first; recall searches beyond it.
+            mentioned = _earlier_mention(text, humans[:-1])
+            if mentioned is not None:
+                return _say(f"You told me: “{mentioned}”")
+            if RECALL in self.bound_tools:
+                return _call(RECALL, {"query": text}, call_id)
         earlier_count = len(messages) - 1 - _leading_system(messages)
         return _say(f"You said: “{text}”. I remember {earlier_count} earlier messages.")
 
@@ -153,6 +185,15 @@ class OfflineChatModel(BaseChatModel):
         if result.name == RECALL:
             return _say(f"Here is what I found. {result.text}")
         return _say(f"The tool {result.name} returned: {result.text}")
+
+
+def _earlier_mention(question: str, earlier: Sequence[HumanMessage]) -> str | None:
+    """The newest earlier message sharing a telling word with ``question`` (``my`` aside)."""
+    words = {w for w in _WORD.findall(question.lower()) if w not in _QUESTION_WORDS} - {"my"}
+    for message in reversed(earlier):
+        if words & set(_WORD.findall(message.text.lower())):
+            return message.text
+    return None
 
 
 def _leading_system(messages: Sequence[BaseMessage]) -> int:

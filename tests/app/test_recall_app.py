@@ -179,3 +179,14 @@ def test_recall_setting() -> None:
     assert Settings.from_env({}).recall_enabled is default_embeddings_installed()
     with pytest.raises(ValueError, match="RECALL"):
         Settings.from_env({"RECALL": "maybe"})
+
+
+def test_the_offline_model_answers_from_the_window_before_recalling(recall_memory: Any) -> None:
+    memory = recall_memory(fake_embeddings())
+    agent = ChatAgent(memory, Settings(memory_window=50), model=OfflineChatModel())
+    agent.run_turn("w1", "My sister Margarida moved to Porto last spring.", message_id="SM0")
+    agent.run_turn("w1", "Remind me to buy bread.", message_id="SM1")
+    reply = agent.run_turn("w1", "what was my sister's city?", message_id="SM2").reply
+    assert "Margarida moved to Porto" in reply  # still in the window: no recall needed
+    other = agent.run_turn("w1", "what is my favourite colour?", message_id="SM3").reply
+    assert "You told me" not in other and "Here is what I found" in other  # not in view: recall
