@@ -89,6 +89,7 @@ class HybridMemory(OperatorViews, RecallMethods):
         breaker_reset_seconds: float = 5.0,
         cluster: bool = False,
         statement_timeout_seconds: float = 30.0,
+        prepared_statements: bool = True,
         engine_kwargs: dict[str, Any] | None = None,
         prometheus: Any = None,
         embeddings: Any = None,
@@ -110,6 +111,8 @@ class HybridMemory(OperatorViews, RecallMethods):
             breaker_reset_seconds: pause before a half-open probe of Redis.
             cluster: use a Redis Cluster client.
             statement_timeout_seconds: bound of every SQL statement.
+            prepared_statements: prepare the hot statements once per connection (``False``
+                behind a pooler that drops them: PgBouncer in transaction mode).
             engine_kwargs: extra ``create_engine`` arguments (pool size...).
             prometheus: ``True`` or a ``CollectorRegistry`` to export event counters.
             embeddings: semantic recall: ``"default"`` (the offline MiniLM embedder of the
@@ -120,6 +123,7 @@ class HybridMemory(OperatorViews, RecallMethods):
             database_url,
             table=table,
             statement_timeout_seconds=statement_timeout_seconds,
+            prepared_statements=prepared_statements,
             **(engine_kwargs or {}),
         )
         cache = None
@@ -266,15 +270,13 @@ class HybridMemory(OperatorViews, RecallMethods):
         self, session_id: str, window: int | None = DEFAULT_WINDOW
     ) -> list[BaseMessage]:
         """The last ``window`` messages (all of them for ``None``), oldest first."""
-        sid = self.session_id(session_id)
-        return self._drive(sid, self._policy.read(sid, validate_window(window)))
+        return self._read(self.session_id(session_id), validate_window(window))
 
     async def aget_messages(
         self, session_id: str, window: int | None = DEFAULT_WINDOW
     ) -> list[BaseMessage]:
         """Async :meth:`get_messages`."""
-        sid = self.session_id(session_id)
-        return await self._adrive(sid, self._policy.read(sid, validate_window(window)))
+        return await self._aread(self.session_id(session_id), validate_window(window))
 
     def add_messages(self, session_id: str, messages: Sequence[BaseMessage]) -> list[bool]:
         """Store ``messages`` (Postgres, in one transaction, then the cache); for each, whether
@@ -284,13 +286,25 @@ class HybridMemory(OperatorViews, RecallMethods):
         again. Raises :class:`StoreUnavailableError` if Postgres cannot take the write, and
         :class:`InvalidMessageError` (nothing stored) for a message that can never be stored.
         """
-        sid = self.session_id(session_id)
-        encoded = self._policy.encode(messages)
-        return self._drive(sid, self._policy.write(sid, encoded)) if encoded else []
+        return self._write(self.session_id(session_id), messages)
 
     async def aadd_messages(self, session_id: str, messages: Sequence[BaseMessage]) -> list[bool]:
         """Async :meth:`add_messages`."""
-        sid = self.session_id(session_id)
+        return await self._awrite(self.session_id(session_id), messages)
+
+    # A history validated its session id and window once, at construction: it calls these.
+
+    def _read(self, sid: str, window: int | None) -> list[BaseMessage]:
+        return self._drive(sid, self._policy.read(sid, window))
+
+    async def _aread(self, sid: str, window: int | None) -> list[BaseMessage]:
+        return await self._adrive(sid, self._policy.read(sid, window))
+
+    def _write(self, sid: str, messages: Sequence[BaseMessage]) -> list[bool]:
+        encoded = self._policy.encode(messages)
+        return self._drive(sid, self._policy.write(sid, encoded)) if encoded else []
+
+    async def _awrite(self, sid: str, messages: Sequence[BaseMessage]) -> list[bool]:
         encoded = self._policy.encode(messages)
         return await self._adrive(sid, self._policy.write(sid, encoded)) if encoded else []
 

@@ -115,6 +115,7 @@ def create_engines(
     statement_timeout_seconds: float,
     connect_timeout_seconds: float,
     async_pool_size: int,
+    prepared_statements: bool = True,
     **engine_kwargs: Any,
 ) -> tuple[Engine, Callable[[], AsyncEngine], dict[str, Any]]:
     """The store's sync engine, a factory of its async engines (one per event loop) and the
@@ -147,44 +148,14 @@ def create_engines(
         async_kwargs.setdefault("pool_size", async_pool_size)
         async_kwargs.setdefault("max_overflow", 0)
 
+    connect_args: dict[str, Any] = {
+        "timeout": connect_timeout_seconds,
+        "server_settings": {"enable_bitmapscan": "off", "statement_timeout": timeout_ms},
+    }
+    if not prepared_statements:  # unnamed statements only, asyncpg's and SQLAlchemy's
+        connect_args.update(statement_cache_size=0, prepared_statement_cache_size=0)
+
     def async_engine() -> AsyncEngine:
-        return create_async_engine(
-            url,
-            connect_args={
-                "timeout": connect_timeout_seconds,
-                "server_settings": {
-                    "enable_bitmapscan": "off",
-                    "statement_timeout": timeout_ms,
-                },
-            },
-            **async_kwargs,
-        )
+        return create_async_engine(url, connect_args=connect_args, **async_kwargs)
 
     return sync_engine, async_engine, async_kwargs
-
-
-def run_on_driver(conn: Connection, sql: str, values: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """``sql`` executed on the DBAPI connection under ``conn``, its rows fetched. A driver error
-    is wrapped as SQLAlchemy would wrap it (parameters hidden) and a dead connection is
-    invalidated, so retries and the error mapping stay the same as through SQLAlchemy."""
-    raw = conn.connection.dbapi_connection
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    cursor = raw.cursor()
-    try:
-        cursor.execute(sql, values)
-        return cursor.fetchall()
-    except dbapi_error as exc:
-        gone = conn.dialect.is_disconnect(exc, raw, cursor)
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            sql,
-            None,
-            exc,
-            dbapi_error,
-            hide_parameters=True,
-            connection_invalidated=gone,
-            dialect=conn.dialect,
-        ) from exc
-    finally:
-        cursor.close()

@@ -21,9 +21,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .driver_statements import DriverStatement, HotStatements
 from .errors import StoreUnavailableError
 from .loops import PerLoop
-from .postgres import aclose_quietly, close_quietly, create_engines, run_on_driver, store_error
+from .postgres import aclose_quietly, close_quietly, create_engines, store_error
 from .records import EncodedMessage, StoredMessage, WrittenRow
 from .schema import MessageTable
 from .statements import MessageStatements
@@ -47,7 +48,7 @@ class _LoopEngine:
     gate: asyncio.Semaphore | None
 
 
-class MessageStore(OperatorQueries):
+class MessageStore(HotStatements, OperatorQueries):
     """Reads and writes one conversation's messages in the mapped ``messages`` table.
 
     ``async_engine_factory`` makes an async engine per event loop (what :meth:`from_url` does);
@@ -69,6 +70,7 @@ class MessageStore(OperatorQueries):
         table: MessageTable | None = None,
         autocommit_engines: bool = False,
         async_concurrency: int = 16,
+        prepared_statements: bool = True,
     ) -> None:
         if engine is None and async_engine is None and async_engine_factory is None:
             raise ValueError("MessageStore needs an engine, an async engine, or both")
@@ -88,8 +90,8 @@ class MessageStore(OperatorQueries):
         self._switch_isolation = not autocommit_engines
         self.mapping = table or MessageTable()
         self.sql = MessageStatements(self.mapping)
-        # Hot statements rendered for the driver: SQL text and the values of their literals.
-        self._rendered: dict[Any, tuple[str, dict[str, Any]]] = {}
+        self._prepared = prepared_statements
+        self._rendered: dict[Any, DriverStatement] = {}  # the hot statements, compiled once
         self.table = self.sql.table
 
     @classmethod
@@ -101,6 +103,7 @@ class MessageStore(OperatorQueries):
         statement_timeout_seconds: float = 30.0,
         connect_timeout_seconds: float = 5.0,
         async_pool_size: int = 16,
+        prepared_statements: bool = True,
         **engine_kwargs: Any,
     ) -> MessageStore:
         """A store with a sync (psycopg2) engine and an async (asyncpg) engine per event loop.
@@ -108,12 +111,15 @@ class MessageStore(OperatorQueries):
         Every statement is bounded by ``statement_timeout_seconds`` (a runaway query cannot hold
         a pooled connection), SQL parameters never appear in errors or logs. Each event loop
         gets a fixed pool of ``async_pool_size`` connections, entered in arrival order.
+        ``prepared_statements=False`` behind a pooler that drops them (PgBouncer, transaction
+        mode).
         """
         sync_engine, async_engine, async_kwargs = create_engines(
             database_url,
             statement_timeout_seconds=statement_timeout_seconds,
             connect_timeout_seconds=connect_timeout_seconds,
             async_pool_size=async_pool_size,
+            prepared_statements=prepared_statements,
             **engine_kwargs,
         )
         return cls(
@@ -122,6 +128,7 @@ class MessageStore(OperatorQueries):
             table=table,
             autocommit_engines=async_kwargs["isolation_level"] == "AUTOCOMMIT",
             async_concurrency=async_kwargs.get("pool_size", async_pool_size),
+            prepared_statements=prepared_statements,
         )
 
     # -- parameters (shared by the sync and async paths) -------------------------------------
@@ -223,39 +230,6 @@ class MessageStore(OperatorQueries):
     def _fetch(self, what: str, stmt: Any, params: dict[str, Any], shape: Callable[[Any], T]) -> T:
         return self._run(what, lambda conn: shape(conn.execute(stmt, params)))
 
-    def _fetch_on_driver(
-        self,
-        what: str,
-        stmt: Any,
-        params: dict[str, Any],
-        shape: Callable[[Any], T],
-        *,
-        idempotent: bool = True,
-    ) -> T:
-        """A hot statement run on the pooled psycopg2 connection itself, rendered once.
-
-        SQLAlchemy's execution layer costs more than the statement's round trip here (a turn's
-        write 1.02 -> 0.62 ms measured); failures are wrapped as SQLAlchemy would wrap them,
-        a dead connection invalidated, so the retry and error mapping stay the same.
-        """
-        engine = self._sync_engine()
-        if engine.dialect.driver != "psycopg2":
-            return self._run(
-                what, lambda conn: shape(conn.execute(stmt, params)), idempotent=idempotent
-            )
-        rendered = self._rendered.get(stmt)
-        if rendered is None:
-            compiled = stmt.compile(dialect=engine.dialect)
-            rendered = self._rendered[stmt] = (str(compiled), dict(compiled.params))
-        sql, constants = rendered
-        values = dict(constants)  # the statement's own literals (LIMIT 1...), then the call's
-        values.update((k, str(v) if isinstance(v, uuid.UUID) else v) for k, v in params.items())
-
-        def work(conn: Connection) -> T:
-            return shape(run_on_driver(conn, sql, values))
-
-        return self._run(what, work, idempotent=idempotent)
-
     async def _afetch(
         self, what: str, stmt: Any, params: dict[str, Any], shape: Callable[[Any], T]
     ) -> T:
@@ -295,12 +269,13 @@ class MessageStore(OperatorQueries):
     def recent(self, session_id: str, limit: int) -> list[StoredMessage]:
         """The last ``limit`` messages of the conversation, oldest first (one indexed query)."""
         params = self._params(session_id, limit=limit)
-        return self._fetch_on_driver("read messages", self.sql.recent, params, self.sql.rows)[::-1]
+        return self._fetch_hot("read messages", self.sql.recent, params, self.sql.rows)[::-1]
 
     async def arecent(self, session_id: str, limit: int) -> list[StoredMessage]:
         """Async :meth:`recent`."""
         params = self._params(session_id, limit=limit)
-        return (await self._afetch("read messages", self.sql.recent, params, self.sql.rows))[::-1]
+        rows = await self._afetch_hot("read messages", self.sql.recent, params, self.sql.rows)
+        return rows[::-1]
 
     def all(self, session_id: str) -> list[StoredMessage]:
         """Every message of the conversation, oldest first."""
@@ -350,7 +325,7 @@ class MessageStore(OperatorQueries):
             return []
         params, positions = self.sql.insert_params(self.conversation_key(session_id), messages)
         has_uid = self.mapping.message_uid is not None
-        return self._fetch_on_driver(
+        return self._fetch_hot(
             f"store {len(messages)} message(s)",
             self.sql.insert,
             params,
@@ -366,11 +341,13 @@ class MessageStore(OperatorQueries):
             return []
         params, positions = self.sql.insert_params(self.conversation_key(session_id), messages)
         has_uid = self.mapping.message_uid is not None
-
-        async def work(conn: AsyncConnection) -> list[WrittenRow]:
-            return self.sql.written(await conn.execute(self.sql.insert, params), positions, has_uid)
-
-        return await self._arun(f"store {len(messages)} message(s)", work, idempotent=has_uid)
+        return await self._afetch_hot(
+            f"store {len(messages)} message(s)",
+            self.sql.insert,
+            params,
+            lambda rows: self.sql.written(rows, positions, has_uid),
+            idempotent=has_uid,
+        )
 
     def clear(self, session_id: str) -> int:
         """Delete the conversation's messages; how many were deleted."""

@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
 from lc_hybrid_memory.testing import ServerURLs
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import WRITE_ON_THE_WIRE, FaultProxy
 from tests.support.memory_checks import assert_cache_is_tail
 from tests.support.servers import MemoryFactory
 
@@ -82,7 +82,7 @@ def test_cache_equals_table_tail_under_any_interleaving(
         @rule(count=st.integers(1, 3), losses=st.sampled_from([1, 2]), retry=st.booleans())
         def commit_then_lose_the_reply(self, count: int, losses: int, retry: bool) -> None:
             batch = self._fresh(count)
-            proxy.lose_reply_after(b"INSERT INTO", times=losses)
+            proxy.lose_reply_after(WRITE_ON_THE_WIRE, times=losses)
             try:
                 assert lossy.add_messages(self.sid, batch) == [False] * count  # library retried
             except StoreUnavailableError:

@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from lc_hybrid_memory import HybridMemory, StoreUnavailableError
 from lc_hybrid_memory.testing import ServerURLs
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import WRITE_ON_THE_WIRE, FaultProxy
 from tests.support.memory_checks import assert_cache_is_tail, table_rows
 from tests.support.servers import MemoryFactory
 
@@ -43,7 +43,7 @@ def test_lost_commit_acknowledgement_retried_by_the_library_leaves_no_hole(
     proxied_memory: HybridMemory, proxy: FaultProxy, redis_client: redis.Redis
 ) -> None:
     warm(proxied_memory, "zed")
-    proxy.lose_reply_after(b"INSERT INTO")
+    proxy.lose_reply_after(WRITE_ON_THE_WIRE)
     new = proxied_memory.add_messages(
         "zed",
         [HumanMessage("my name is Zed", id="m1"), AIMessage("Nice to meet you, Zed!", id="m1:1")],
@@ -64,7 +64,7 @@ def test_lost_acknowledgement_then_the_callers_retry_with_the_same_ids(
 ) -> None:
     warm(proxied_memory, "zed")
     batch = [HumanMessage("my name is Zed", id="SM1"), AIMessage("Hi Zed", id="SM1:1")]
-    proxy.lose_reply_after(b"INSERT INTO", times=2)  # the library's own retry is lost too
+    proxy.lose_reply_after(WRITE_ON_THE_WIRE, times=2)  # the library's own retry is lost too
     with pytest.raises(StoreUnavailableError):
         proxied_memory.add_messages("zed", batch)
     assert len(table_rows(proxied_memory, "zed")) == 3  # committed all the same
@@ -80,7 +80,7 @@ def test_a_lost_acknowledgement_followed_by_other_writes_drops_the_stale_list(
     proxied_memory: HybridMemory, proxy: FaultProxy, redis_client: redis.Redis
 ) -> None:
     warm(proxied_memory, "z")
-    proxy.lose_reply_after(b"INSERT INTO", times=2)
+    proxy.lose_reply_after(WRITE_ON_THE_WIRE, times=2)
     with pytest.raises(StoreUnavailableError):
         proxied_memory.add_messages("z", [HumanMessage("lost ack", id="a")])
     # A write that does not repeat the lost one: the list ends before "lost ack", so it goes.
@@ -99,7 +99,7 @@ def test_a_large_batch_is_all_or_nothing(
 ) -> None:
     batch = [HumanMessage(f"message {i:05d} " + "x" * 40, id=f"b{i}") for i in range(5000)]
     # The rows travel first, in the unnest( arrays: the cut lands inside the statement.
-    proxy.cut_after(b"unnest(", cut_at, times=2)  # the retry is cut as well
+    proxy.cut_after(WRITE_ON_THE_WIRE, cut_at, times=2)  # the retry is cut as well
     with pytest.raises(StoreUnavailableError):
         proxied_memory.add_messages("big", batch)
     assert table_rows(proxied_memory, "big") == []  # nothing half-stored
@@ -114,7 +114,7 @@ async def test_a_failed_write_whose_commit_happened_is_read_at_once(
     proxied_memory: HybridMemory, proxy: FaultProxy, redis_client: redis.Redis
 ) -> None:
     warm(proxied_memory, "u")
-    proxy.lose_reply_after(b"INSERT INTO", times=2)
+    proxy.lose_reply_after(WRITE_ON_THE_WIRE, times=2)
     with pytest.raises(StoreUnavailableError):
         proxied_memory.add_messages("u", [HumanMessage("committed, unacknowledged", id="x")])
     # No retry, no later write: the very next read already has it (the list was dropped).

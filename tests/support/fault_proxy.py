@@ -14,6 +14,10 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+# A message write on the wire from the sync store: the INSERT is prepared once per connection,
+# then sent as ``EXECUTE <name> (<conversation>, <limit>, ARRAY[...], ...)``, rows as arrays.
+WRITE_ON_THE_WIRE = b", ARRAY["
+
 
 @dataclass
 class _Fault:
