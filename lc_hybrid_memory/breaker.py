@@ -61,6 +61,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Whether this call may go to Redis."""
+        if self._state == self.CLOSED:  # the common case needs no lock (one attribute read)
+            return True
         with self._lock:
             if self._state == self.CLOSED:
                 return True
@@ -76,6 +78,8 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """The call worked: close the breaker."""
+        if self._state == self.CLOSED and not self._failures:
+            return  # already closed and clean: nothing to write, no lock to take
         with self._lock:
             self._state = self.CLOSED
             self._failures = 0

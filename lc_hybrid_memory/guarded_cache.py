@@ -61,6 +61,8 @@ class GuardedCache:
                 with self._lock:
                     self._pending.add(sid)
             return None
+        if not self._pending:  # nothing to invalidate (the common case): no lock
+            return []
         with self._lock:
             pending = list(self._pending)
             self._pending.clear()

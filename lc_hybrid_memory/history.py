@@ -63,8 +63,8 @@ class HybridChatMessageHistory(BaseChatMessageHistory):
         token_counter: Callable[..., int] | None = None,
     ) -> None:
         super().__init__()
-        self.session_id = memory.session_id(session_id)
         self.memory = memory
+        self.session_id = session_id
         self.window = validate_window(window)
         if max_tokens is not None and (
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
@@ -72,6 +72,15 @@ class HybridChatMessageHistory(BaseChatMessageHistory):
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         self.max_tokens = max_tokens
         self.token_counter = token_counter or count_tokens_approximately
+
+    @property
+    def session_id(self) -> str:
+        """The conversation's id, canonical (validated once, when set)."""
+        return self._session_id
+
+    @session_id.setter
+    def session_id(self, session_id: str) -> None:
+        self._session_id = self.memory.session_id(session_id)
 
     def _budget(self, messages: list[BaseMessage]) -> list[BaseMessage]:
         if self.max_tokens is None:
@@ -89,19 +98,19 @@ class HybridChatMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The conversation's recent messages, oldest first."""
-        return self._budget(self.memory.get_messages(self.session_id, self.window))
+        return self._budget(self.memory._read(self.session_id, self.window))
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Async :attr:`messages`."""
-        return self._budget(await self.memory.aget_messages(self.session_id, self.window))
+        return self._budget(await self.memory._aread(self.session_id, self.window))
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Store messages: Postgres first, then the cache."""
-        self.memory.add_messages(self.session_id, messages)
+        self.memory._write(self.session_id, messages)
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Async :meth:`add_messages`."""
-        await self.memory.aadd_messages(self.session_id, messages)
+        await self.memory._awrite(self.session_id, messages)
 
     def clear(self) -> None:
         """Delete the conversation from Postgres and the cache."""
