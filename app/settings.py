@@ -84,6 +84,8 @@ class Settings:
 
     # -- storage. No DATABASE_URL/REDIS_URL: embedded servers under data_dir (make run, tests).
     database_url: str | None = setting(None, "DATABASE_URL")
+    # Off behind PgBouncer in transaction mode, which does not keep prepared statements.
+    database_prepared_statements: bool = setting(True, "DATABASE_PREPARED_STATEMENTS")
     # The memory cache. May be a Redis Cluster (redis_cluster) and may evict keys.
     redis_url: str | None = setting(None, "REDIS_URL")
     redis_cluster: bool = setting(False, "REDIS_CLUSTER")  # REDIS_URL is a node of a cluster

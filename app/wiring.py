@@ -63,6 +63,7 @@ def open_memory(settings: Settings, urls: StorageURLs | None = None) -> HybridMe
     return HybridMemory.from_urls(
         redis_url=urls.redis_url,
         database_url=urls.database_url,
+        prepared_statements=settings.database_prepared_statements,
         ttl_seconds=settings.memory_ttl_seconds,
         redis_timeout=settings.cache_redis_timeout_seconds,
         cluster=settings.redis_cluster,
