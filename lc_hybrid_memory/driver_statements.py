@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
@@ -33,37 +33,40 @@ __all__ = ["DriverStatement", "HotStatements", "arun_on_asyncpg", "run_on_psycop
 T = TypeVar("T")
 
 _RENDERER = PGDialect_asyncpg()
-_PREPARED_KEY = "lc_hybrid_memory_prepared"  # the names prepared on a pooled connection
+_PREPARED_KEY = "lc_hybrid_memory_prepared"  # what was prepared on a pooled connection
 _NOT_PREPARED = "26000"  # the connection lost its prepared statements (DISCARD ALL...)
 
 
 @dataclass(frozen=True, slots=True)
 class DriverStatement:
-    """A statement compiled once: its ``$n`` SQL, its parameters in order, its constants."""
+    """A statement compiled once: its ``$n`` SQL, its parameters in order, its constants, and
+    the psycopg2 ``PREPARE``/``EXECUTE`` texts that run it."""
 
     sql: str
     names: tuple[str, ...]
     constants: Mapping[str, Any]
-    name: str  # of the prepared statement: one per distinct SQL text
+    prepare_sql: str
+    execute_sql: str
 
     @classmethod
     def render(cls, statement: Executable) -> DriverStatement:
         compiled = statement.compile(dialect=_RENDERER)
         sql = str(compiled)
-        digest = hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
-        return cls(sql, tuple(compiled.positiontup or ()), dict(compiled.params), f"lchm_{digest}")
+        names = tuple(compiled.positiontup or ())
+        # One prepared name per distinct SQL text (several mapped tables may share a pool).
+        name = "lchm_" + hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:16]
+        return cls(
+            sql,
+            names,
+            dict(compiled.params),
+            prepare_sql=f"PREPARE {name} AS {sql}",
+            execute_sql=f"EXECUTE {name} ({', '.join(['%s'] * len(names))})",
+        )
 
     def values(self, params: Mapping[str, Any]) -> list[Any]:
         """The positional values: the call's parameters, else the statement's own literals."""
         constants = self.constants
         return [params[n] if n in params else constants[n] for n in self.names]
-
-    @property
-    def prepare_sql(self) -> str:
-        return f"PREPARE {self.name} AS {self.sql}"
-
-    def execute_sql(self) -> str:
-        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.names))})"
 
 
 def _wrapped(conn: Connection | AsyncConnection, exc: Exception, sql: str, gone: bool) -> Any:
@@ -93,16 +96,16 @@ def run_on_psycopg2(
     sql = statement.sql
     try:
         for attempt in (1, 2):
-            if statement.name not in prepared:
+            if statement.prepare_sql not in prepared:
                 cursor.execute(statement.prepare_sql)
-                prepared.add(statement.name)
+                prepared.add(statement.prepare_sql)
             try:
-                cursor.execute(statement.execute_sql(), values)
+                cursor.execute(statement.execute_sql, values)
                 break
             except conn.dialect.loaded_dbapi.Error as exc:
                 if attempt == 2 or _sqlstate(exc) != _NOT_PREPARED:
                     raise
-                prepared.discard(statement.name)
+                prepared.discard(statement.prepare_sql)
         return cursor.fetchall()
     except conn.dialect.loaded_dbapi.Error as exc:
         gone = conn.dialect.is_disconnect(exc, raw, cursor)
@@ -143,14 +146,13 @@ async def arun_on_asyncpg(
 
 class HotStatements:
     """The store's way to run its hot statements (a mixin of
-    :class:`~lc_hybrid_memory.store.MessageStore`, which provides the connections)."""
+    :class:`~lc_hybrid_memory.store.MessageStore`, which provides the connections). On another
+    driver than psycopg2 / asyncpg, or unprepared on psycopg2, they go through SQLAlchemy."""
 
     _prepared: bool
     _rendered: dict[Any, DriverStatement]
     _run: Callable[..., Any]
     _arun: Callable[..., Awaitable[Any]]
-    _sync_engine: Callable[[], Engine]
-    _loop_engine: Callable[[], Awaitable[Any]]
 
     def _driver_statement(self, statement: Any) -> DriverStatement:
         rendered = self._rendered.get(statement)
@@ -167,16 +169,15 @@ class HotStatements:
         *,
         idempotent: bool = True,
     ) -> T:
-        """A hot statement, prepared on the psycopg2 connection itself (see
-        :mod:`.driver_statements`); through SQLAlchemy on another driver."""
-        if not self._prepared or self._sync_engine().dialect.driver != "psycopg2":
-            return self._run(
-                what, lambda conn: shape(conn.execute(statement, params)), idempotent=idempotent
-            )
-        prepared = self._driver_statement(statement)
-        return self._run(
-            what, lambda conn: shape(run_on_psycopg2(conn, prepared, params)), idempotent=idempotent
-        )
+        """A hot statement, prepared on the psycopg2 connection itself."""
+        prepared = self._driver_statement(statement) if self._prepared else None
+
+        def work(conn: Connection) -> T:
+            if prepared is None or conn.dialect.driver != "psycopg2":
+                return shape(conn.execute(statement, params))
+            return shape(run_on_psycopg2(conn, prepared, params))
+
+        return self._run(what, work, idempotent=idempotent)
 
     async def _afetch_hot(
         self,
@@ -189,16 +190,11 @@ class HotStatements:
     ) -> T:
         """Async :meth:`_fetch_hot`: on the asyncpg connection itself (prepared by asyncpg's
         statement cache unless that is off)."""
-        engine = (await self._loop_engine()).engine
-        if engine.dialect.driver != "asyncpg":
+        prepared = self._driver_statement(statement)
 
-            async def work(conn: AsyncConnection) -> T:
+        async def work(conn: AsyncConnection) -> T:
+            if conn.dialect.driver != "asyncpg":
                 return shape(await conn.execute(statement, params))
-
-        else:
-            prepared = self._driver_statement(statement)
-
-            async def work(conn: AsyncConnection) -> T:
-                return shape(await arun_on_asyncpg(conn, prepared, params))
+            return shape(await arun_on_asyncpg(conn, prepared, params))
 
         return await self._arun(what, work, idempotent=idempotent)

@@ -146,14 +146,12 @@ async def test_every_row_reports_the_row_before_it_also_on_retries(
     memory_factory: MemoryFactory, api: str
 ) -> None:
     memory = memory_factory(engine_kwargs=ONE_CONNECTION)
-    store = memory.store
-    encode = memory._policy.encode
-    append = store.append if api == "sync" else None
 
     async def write(messages: list) -> list:
-        if append is not None:
-            return append("c", encode(messages))
-        return await store.aappend("c", encode(messages))
+        encoded = memory._policy.encode(messages)
+        if api == "sync":
+            return memory.store.append("c", encoded)
+        return await memory.store.aappend("c", encoded)
 
     sent: list[HumanMessage] = []
     for n in range(8):  # past the 5 custom plans: the prepared statement's generic plan too
@@ -175,20 +173,14 @@ def test_a_write_reads_the_rows_it_writes_not_the_conversation(
     memory = memory_factory(engine_kwargs=ONE_CONNECTION)
     memory.add_messages("long", [HumanMessage(f"m{i}", id=f"m{i}") for i in range(3000)])
     memory.add_messages("long", [HumanMessage("warm")])  # prepares the INSERT
-    (name,) = {n for n in prepared_names(memory)}
     encoded = memory._policy.encode([HumanMessage("a", id="m5"), HumanMessage("b", id="new")])
     params, _ = memory.store.sql.insert_params("long", encoded)
     statement = memory.store._driver_statement(memory.store.sql.insert)
-    with memory.store.engine.connect() as conn:
-        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    params_list = statement.values(params)
+    with memory.store.engine.connect() as conn:  # the pool's generic plan, as a write runs it
         cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name} "
-            f"({', '.join(['%s'] * len(statement.names))})",
-            statement.values(params),
-        )
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement.execute_sql, params_list)
         (plan,) = cursor.fetchone()[0]
-        conn.exec_driver_sql("RESET plan_cache_mode")
 
     def rows_read(node: dict) -> int:
         own = node.get("Actual Rows", 0) * node.get("Actual Loops", 1)
